@@ -1,0 +1,103 @@
+//! Which Service a request names by its `:authority` (file mode and explicit
+//! outbound). Transparent mode finds the Service by ClusterIP instead.
+use serde::Serialize;
+
+/// A Service and port named by a request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Destination {
+    pub namespace: String,
+    pub name: String,
+    /// `None` when the authority carries no port; the Service's only port is used then.
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthorityError {
+    #[error("empty authority")]
+    Empty,
+    #[error("invalid port in authority {0:?}")]
+    InvalidPort(String),
+    #[error("authority {0:?} does not name a Service (<svc>[.<ns>[.svc[.<cluster-domain>]]][:port])")]
+    NotAService(String),
+}
+
+/// Parses `<svc>.<ns>.svc.<cluster-domain>:<port>`, `<svc>.<ns>.svc:<port>`,
+/// `<svc>.<ns>:<port>` or `<svc>:<port>` (relative to `own_namespace`).
+pub fn parse_authority(
+    authority: &str,
+    own_namespace: &str,
+    cluster_domain: &str,
+) -> Result<Destination, AuthorityError> {
+    if authority.is_empty() {
+        return Err(AuthorityError::Empty);
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) => {
+            let port: u16 = port
+                .parse()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| AuthorityError::InvalidPort(authority.to_owned()))?;
+            (host, Some(port))
+        }
+        None => (authority, None),
+    };
+    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    let not_a_service = || AuthorityError::NotAService(authority.to_owned());
+    let labels: Vec<&str> = host.split('.').collect();
+    if labels.iter().any(|l| !is_dns_label(l)) {
+        return Err(not_a_service());
+    }
+    let domain: Vec<&str> = cluster_domain.trim_matches('.').split('.').collect();
+    let (name, namespace) = match labels.as_slice() {
+        [name] => (*name, own_namespace),
+        [name, ns] => (*name, *ns),
+        [name, ns, "svc"] => (*name, *ns),
+        [name, ns, "svc", rest @ ..] if rest == domain.as_slice() => (*name, *ns),
+        _ => return Err(not_a_service()),
+    };
+    Ok(Destination { namespace: namespace.to_owned(), name: name.to_owned(), port })
+}
+
+fn is_dns_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 63
+        && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !label.starts_with('-')
+        && !label.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authority_forms() {
+        let d = |ns: &str, name: &str, port: Option<u16>| Destination {
+            namespace: ns.into(),
+            name: name.into(),
+            port,
+        };
+        let cases: &[(&str, Result<Destination, AuthorityError>)] = &[
+            ("user-service.app.svc.cluster.local:50051", Ok(d("app", "user-service", Some(50051)))),
+            ("user-service.app.svc.cluster.local.:50051", Ok(d("app", "user-service", Some(50051)))),
+            ("user-service.app.svc:50051", Ok(d("app", "user-service", Some(50051)))),
+            ("user-service.app:50051", Ok(d("app", "user-service", Some(50051)))),
+            ("user-service:50051", Ok(d("mine", "user-service", Some(50051)))),
+            ("User-Service.APP:80", Ok(d("app", "user-service", Some(80)))),
+            ("user-service", Ok(d("mine", "user-service", None))),
+            ("", Err(AuthorityError::Empty)),
+            ("a.b:0", Err(AuthorityError::InvalidPort("a.b:0".into()))),
+            ("a.b:99999", Err(AuthorityError::InvalidPort("a.b:99999".into()))),
+            ("a.b:x", Err(AuthorityError::InvalidPort("a.b:x".into()))),
+            ("a.b.svc.other.domain:1", Err(AuthorityError::NotAService("a.b.svc.other.domain:1".into()))),
+            ("a.b.c:1", Err(AuthorityError::NotAService("a.b.c:1".into()))),
+            ("a..b:1", Err(AuthorityError::NotAService("a..b:1".into()))),
+            ("[::1]:1", Err(AuthorityError::NotAService("[::1]:1".into()))),
+            ("under_score:1", Err(AuthorityError::NotAService("under_score:1".into()))),
+        ];
+        for (input, want) in cases {
+            assert_eq!(&parse_authority(input, "mine", "cluster.local"), want, "{input}");
+        }
+    }
+}

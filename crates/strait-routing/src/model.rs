@@ -1,0 +1,269 @@
+//! The compiled routing state the proxy reads on every request.
+use crate::filters::{HeaderModifierFilter, MirrorFilter};
+use crate::matching::{RequestMatcher, RequestView};
+use crate::status::RouteStatus;
+use crate::Destination;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+/// `namespace/name` of a Service; serialised as that string (it keys JSON maps).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ServiceKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ServiceKey { namespace: namespace.into(), name: name.into() }
+    }
+}
+
+impl Serialize for ServiceKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl std::fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// `namespace/name` of a GRPCRoute.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct RouteRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for RouteRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Everything the data plane needs, compiled from one snapshot.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoutingState {
+    pub services: BTreeMap<ServiceKey, ServiceRoutes>,
+    pub route_statuses: Vec<RouteStatus>,
+    #[serde(skip)]
+    pub(crate) by_cluster_ip: HashMap<IpAddr, ServiceKey>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LookupError {
+    #[error("service {0} not found")]
+    UnknownService(ServiceKey),
+    #[error("service {service} has no port {port}")]
+    UnknownPort { service: ServiceKey, port: u16 },
+    #[error("service {0} has several ports; the authority must name one")]
+    AmbiguousPort(ServiceKey),
+}
+
+impl RoutingState {
+    pub fn service(&self, key: &ServiceKey) -> Option<&ServiceRoutes> {
+        self.services.get(key)
+    }
+
+    /// The port routes a request to `dest` uses.
+    pub fn lookup(&self, dest: &Destination) -> Result<&PortRoutes, LookupError> {
+        let key = ServiceKey::new(&dest.namespace, &dest.name);
+        let svc = self.services.get(&key).ok_or_else(|| LookupError::UnknownService(key.clone()))?;
+        match dest.port {
+            Some(port) => svc.port(port).ok_or(LookupError::UnknownPort { service: key, port }),
+            None => match svc.ports.as_slice() {
+                [only] => Ok(only),
+                _ => Err(LookupError::AmbiguousPort(key)),
+            },
+        }
+    }
+
+    /// The Service owning a ClusterIP (transparent mode routes by original destination).
+    pub fn service_by_cluster_ip(&self, ip: IpAddr) -> Option<&ServiceRoutes> {
+        self.by_cluster_ip.get(&ip).and_then(|k| self.services.get(k))
+    }
+}
+
+/// One Service's routes, per port.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceRoutes {
+    pub cluster_ips: Vec<IpAddr>,
+    pub ports: Vec<PortRoutes>,
+}
+
+impl ServiceRoutes {
+    pub fn port(&self, port: u16) -> Option<&PortRoutes> {
+        self.ports.iter().find(|p| p.port == port)
+    }
+}
+
+/// The tables of one Service port: producers' for every caller, plus one per
+/// namespace that has consumer routes (used instead of the producers' there).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortRoutes {
+    pub name: Option<String>,
+    pub port: u16,
+    pub producer: Arc<RouteTable>,
+    pub consumers: BTreeMap<String, Arc<RouteTable>>,
+}
+
+impl PortRoutes {
+    pub fn table_for(&self, client_namespace: &str) -> &Arc<RouteTable> {
+        self.consumers.get(client_namespace).unwrap_or(&self.producer)
+    }
+}
+
+/// Where a table's rules came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum TableOrigin {
+    /// No route binds this port: all traffic to the Service's own endpoints.
+    ServiceDefault,
+    /// Routes in the Service's namespace.
+    Producer,
+    /// Routes in `namespace`, for callers in that namespace only.
+    Consumer { namespace: String },
+}
+
+/// Match entries in precedence order; the first that matches wins.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteTable {
+    pub origin: TableOrigin,
+    pub entries: Vec<TableEntry>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TableEntry {
+    #[serde(rename = "match")]
+    pub matcher: RequestMatcher,
+    /// Index in the rule's `matches`; `None` for a rule without matches.
+    pub match_index: Option<usize>,
+    pub rule: Arc<Rule>,
+}
+
+impl RouteTable {
+    /// The rule a request gets, or `None` (gRPC UNIMPLEMENTED).
+    pub fn route(&self, req: &RequestView<'_>) -> Option<&TableEntry> {
+        self.entries.iter().find(|e| e.matcher.matches(req))
+    }
+}
+
+/// A compiled GRPCRoute rule.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rule {
+    /// `None` for a Service's default rule.
+    pub route: Option<RouteRef>,
+    pub rule_index: usize,
+    pub rule_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_header_modifier: Option<HeaderModifierFilter>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_header_modifier: Option<HeaderModifierFilter>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<MirrorFilter>,
+    pub backends: Vec<Backend>,
+    pub total_weight: u64,
+}
+
+impl Rule {
+    /// Picks a backend by weight; `random` is uniform over u64. `None` when no backend
+    /// has weight (the request gets UNAVAILABLE).
+    pub fn pick_backend(&self, random: u64) -> Option<&Backend> {
+        if self.total_weight == 0 {
+            return None;
+        }
+        let mut x = random % self.total_weight;
+        for b in &self.backends {
+            let w = u64::from(b.weight);
+            if x < w {
+                return Some(b);
+            }
+            x -= w;
+        }
+        None
+    }
+
+    /// Each backend's share of traffic, for the dump and tests.
+    pub fn shares(&self) -> Vec<f64> {
+        self.backends
+            .iter()
+            .map(|b| if self.total_weight == 0 { 0.0 } else { f64::from(b.weight) / self.total_weight as f64 })
+            .collect()
+    }
+}
+
+/// One backendRef, resolved.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Backend {
+    pub service: ServiceKey,
+    pub port: u16,
+    pub weight: u32,
+    pub target: BackendTarget,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_header_modifier: Option<HeaderModifierFilter>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_header_modifier: Option<HeaderModifierFilter>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<MirrorFilter>,
+}
+
+impl Backend {
+    #[cfg(test)]
+    pub(crate) fn unavailable_for_tests() -> Self {
+        Backend {
+            service: ServiceKey::new("ns", "svc"),
+            port: 1,
+            weight: 1,
+            target: BackendTarget::Unavailable { reason: "test".into() },
+            request_header_modifier: None,
+            response_header_modifier: None,
+            mirrors: Vec::new(),
+        }
+    }
+
+    pub fn endpoints(&self) -> Option<&Arc<EndpointSet>> {
+        match &self.target {
+            BackendTarget::Endpoints(set) => Some(set),
+            BackendTarget::Unavailable { .. } => None,
+        }
+    }
+}
+
+/// Where a backend's traffic goes.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum BackendTarget {
+    Endpoints(Arc<EndpointSet>),
+    /// The backendRef could not be resolved; its share of traffic gets UNAVAILABLE.
+    Unavailable { reason: String },
+}
+
+/// The endpoints traffic may go to: ready ones, or, when none is ready, serving
+/// terminating ones (as kube-proxy falls back), deduplicated across slices.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct EndpointSet {
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
