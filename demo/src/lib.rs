@@ -84,9 +84,7 @@ pub use pb::common_v1::{Answer, Probe};
 use pb::echo_v1::echo_server::{Echo, EchoServer};
 use pb::order_v1::order_service_server::{OrderService, OrderServiceServer};
 use pb::payment_v1::payment_service_server::{PaymentService, PaymentServiceServer};
-use pb::recommendation_v1::recommendation_service_server::{
-    RecommendationService, RecommendationServiceServer,
-};
+use pb::recommendation_v1::recommendation_service_server::{RecommendationService, RecommendationServiceServer};
 use pb::user_v1::user_service_server::{UserService, UserServiceServer};
 
 /// Key under which the backend reports the request's `:authority` in
@@ -117,23 +115,15 @@ struct RequestTarget {
     path: String,
 }
 
-fn record_request_target(
-    mut req: http::Request<tonic::body::Body>,
-) -> http::Request<tonic::body::Body> {
+fn record_request_target(mut req: http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body> {
     // HTTP/2 carries the authority in the URI; fall back to Host for safety.
     let authority = req
         .uri()
         .authority()
         .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            req.headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        });
+        .or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned));
     let path = req.uri().path().to_owned();
-    req.extensions_mut()
-        .insert(RequestTarget { authority, path });
+    req.extensions_mut().insert(RequestTarget { authority, path });
     req
 }
 
@@ -171,8 +161,7 @@ async fn delay(ms: u32) {
 }
 
 fn failure(probe: &Probe) -> Option<Status> {
-    (probe.fail_code != 0)
-        .then(|| Status::new(Code::from_i32(probe.fail_code), probe.fail_message.clone()))
+    (probe.fail_code != 0).then(|| Status::new(Code::from_i32(probe.fail_code), probe.fail_message.clone()))
 }
 
 /// The single implementation behind every demo service.
@@ -200,25 +189,14 @@ impl DemoBackend {
         }
     }
 
-    async fn unary(
-        &self,
-        service: &str,
-        method: &str,
-        req: Request<Probe>,
-    ) -> Result<Response<Answer>, Status> {
+    async fn unary(&self, service: &str, method: &str, req: Request<Probe>) -> Result<Response<Answer>, Status> {
         let headers = seen_headers(&req);
         let probe = req.into_inner();
         delay(probe.delay_ms).await;
         if let Some(status) = failure(&probe) {
             return Err(status);
         }
-        Ok(Response::new(self.answer(
-            service,
-            method,
-            headers,
-            probe.payload,
-            0,
-        )))
+        Ok(Response::new(self.answer(service, method, headers, probe.payload, 0)))
     }
 
     /// Sends `stream_count` answers; with `fail_code` set the stream ends with
@@ -277,9 +255,7 @@ impl DemoBackend {
             last_delay = probe.delay_ms;
         }
         delay(last_delay).await;
-        Ok(Response::new(self.answer(
-            service, method, headers, payload, count,
-        )))
+        Ok(Response::new(self.answer(service, method, headers, payload, count)))
     }
 
     async fn bidi(
@@ -340,10 +316,7 @@ impl UserService for DemoBackend {
         self.unary(USER_SERVICE, "DeleteUser", req).await
     }
     type ListUsersStream = AnswerStream;
-    async fn list_users(
-        &self,
-        req: Request<Probe>,
-    ) -> Result<Response<AnswerStream>, Status> {
+    async fn list_users(&self, req: Request<Probe>) -> Result<Response<AnswerStream>, Status> {
         self.server_stream(USER_SERVICE, "ListUsers", req).await
     }
 }
@@ -375,23 +348,14 @@ impl Echo for DemoBackend {
         DemoBackend::unary(self, ECHO_SERVICE, "Unary", req).await
     }
     type ServerStreamStream = AnswerStream;
-    async fn server_stream(
-        &self,
-        req: Request<Probe>,
-    ) -> Result<Response<AnswerStream>, Status> {
+    async fn server_stream(&self, req: Request<Probe>) -> Result<Response<AnswerStream>, Status> {
         DemoBackend::server_stream(self, ECHO_SERVICE, "ServerStream", req).await
     }
-    async fn client_stream(
-        &self,
-        req: Request<Streaming<Probe>>,
-    ) -> Result<Response<Answer>, Status> {
+    async fn client_stream(&self, req: Request<Streaming<Probe>>) -> Result<Response<Answer>, Status> {
         DemoBackend::client_stream(self, ECHO_SERVICE, "ClientStream", req).await
     }
     type BidiStreamStream = AnswerStream;
-    async fn bidi_stream(
-        &self,
-        req: Request<Streaming<Probe>>,
-    ) -> Result<Response<AnswerStream>, Status> {
+    async fn bidi_stream(&self, req: Request<Streaming<Probe>>) -> Result<Response<AnswerStream>, Status> {
         self.bidi(ECHO_SERVICE, "BidiStream", req).await
     }
 }
@@ -404,11 +368,8 @@ pub async fn serve_backend(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let backend = DemoBackend {
-        name: Arc::from(name),
-    };
-    let record: fn(http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body> =
-        record_request_target;
+    let backend = DemoBackend { name: Arc::from(name) };
+    let record: fn(http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body> = record_request_target;
     Server::builder()
         .layer(tower::util::MapRequestLayer::new(record))
         .add_service(UserServiceServer::new(backend.clone()))
@@ -474,25 +435,15 @@ pub async fn spawn_backend(name: &str) -> std::io::Result<BackendHandle> {
         // Either an explicit signal or the sender being dropped stops it.
         let _ = stopped.await;
     }));
-    Ok(BackendHandle {
-        name: name.to_owned(),
-        addr,
-        stop: Some(stop),
-        task: Some(task),
-    })
+    Ok(BackendHandle { name: name.to_owned(), addr, stop: Some(stop), task: Some(task) })
 }
 
 /// Connects to `proxy_addr` over cleartext HTTP/2 but sends every request
 /// with `:authority` = `authority` (e.g. `user-service.app.svc.cluster.local:50051`),
 /// which is how a sidecar learns the intended destination Service.
-pub async fn channel_via_proxy(
-    proxy_addr: SocketAddr,
-    authority: &str,
-) -> Result<Channel, tonic::transport::Error> {
+pub async fn channel_via_proxy(proxy_addr: SocketAddr, authority: &str) -> Result<Channel, tonic::transport::Error> {
     // Parsing through Endpoint keeps the error type uniform for callers.
-    let origin = Endpoint::from_shared(format!("http://{authority}"))?
-        .uri()
-        .clone();
+    let origin = Endpoint::from_shared(format!("http://{authority}"))?.uri().clone();
     Endpoint::from_shared(format!("http://{proxy_addr}"))?
         .origin(origin)
         .connect_timeout(Duration::from_secs(5))
@@ -507,12 +458,7 @@ pub async fn channel_via_proxy(
 /// EndpointSlice has a single port list for all its endpoints; so one slice is
 /// emitted per distinct (address family, port), named `<service>-<n>`.
 /// Returns an empty string when `addrs` is empty.
-pub fn endpoint_slice_yaml(
-    namespace: &str,
-    service: &str,
-    port_name: &str,
-    addrs: &[SocketAddr],
-) -> String {
+pub fn endpoint_slice_yaml(namespace: &str, service: &str, port_name: &str, addrs: &[SocketAddr]) -> String {
     // BTreeMap gives deterministic slice order (IPv4 first, then by port).
     let mut groups: BTreeMap<(bool, u16), Vec<String>> = BTreeMap::new();
     for addr in addrs {
@@ -559,19 +505,12 @@ mod tests {
     use pb::user_v1::user_service_client::UserServiceClient;
 
     async fn echo(backend: &BackendHandle) -> EchoClient<Channel> {
-        let channel = Endpoint::from_shared(format!("http://{}", backend.addr()))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let channel = Endpoint::from_shared(format!("http://{}", backend.addr())).unwrap().connect().await.unwrap();
         EchoClient::new(channel)
     }
 
     fn probe(payload: &str) -> Probe {
-        Probe {
-            payload: payload.to_owned(),
-            ..Probe::default()
-        }
+        Probe { payload: payload.to_owned(), ..Probe::default() }
     }
 
     #[tokio::test]
@@ -593,12 +532,7 @@ mod tests {
         let backend = spawn_backend("b-ss").await.unwrap();
         let mut client = echo(&backend).await;
         let mut stream = client
-            .server_stream(Probe {
-                payload: "p".into(),
-                stream_count: 3,
-                delay_ms: 1,
-                ..Probe::default()
-            })
+            .server_stream(Probe { payload: "p".into(), stream_count: 3, delay_ms: 1, ..Probe::default() })
             .await
             .unwrap()
             .into_inner();
@@ -647,11 +581,7 @@ mod tests {
         let backend = spawn_backend("b-bidi").await.unwrap();
         let mut client = echo(&backend).await;
         let (tx, rx) = mpsc::channel(4);
-        let mut stream = client
-            .bidi_stream(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut stream = client.bidi_stream(ReceiverStream::new(rx)).await.unwrap().into_inner();
         for (i, word) in ["x", "y"].iter().enumerate() {
             tx.send(probe(word)).await.unwrap();
             let a = stream.message().await.unwrap().unwrap();
@@ -668,11 +598,7 @@ mod tests {
         let backend = spawn_backend("b-fail").await.unwrap();
         let mut client = echo(&backend).await;
         let status = client
-            .unary(Probe {
-                fail_code: Code::PermissionDenied as i32,
-                fail_message: "nope".into(),
-                ..Probe::default()
-            })
+            .unary(Probe { fail_code: Code::PermissionDenied as i32, fail_message: "nope".into(), ..Probe::default() })
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::PermissionDenied);
@@ -692,17 +618,11 @@ mod tests {
     #[tokio::test]
     async fn metadata_is_echoed() {
         let backend = spawn_backend("b-meta").await.unwrap();
-        let channel = Endpoint::from_shared(format!("http://{}", backend.addr()))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let channel = Endpoint::from_shared(format!("http://{}", backend.addr())).unwrap().connect().await.unwrap();
         let mut client = UserServiceClient::new(channel);
         let mut req = Request::new(probe("u"));
-        req.metadata_mut()
-            .insert("x-experiment-group", "treatment-a".parse().unwrap());
-        req.metadata_mut()
-            .insert_bin("trace-bin", tonic::metadata::MetadataValue::from_bytes(b"\x00\x01"));
+        req.metadata_mut().insert("x-experiment-group", "treatment-a".parse().unwrap());
+        req.metadata_mut().insert_bin("trace-bin", tonic::metadata::MetadataValue::from_bytes(b"\x00\x01"));
         let answer = client.create_user(req).await.unwrap().into_inner();
         assert_eq!(answer.service, "user.v1.UserService");
         assert_eq!(answer.method, "CreateUser");
@@ -738,10 +658,7 @@ mod tests {
             assert_eq!(doc["kind"], "EndpointSlice");
             assert_eq!(doc["metadata"]["name"], format!("order-service-stable-{i}"));
             assert_eq!(doc["metadata"]["namespace"], "app");
-            assert_eq!(
-                doc["metadata"]["labels"]["kubernetes.io/service-name"],
-                "order-service-stable"
-            );
+            assert_eq!(doc["metadata"]["labels"]["kubernetes.io/service-name"], "order-service-stable");
             assert_eq!(doc["addressType"], "IPv4");
             assert_eq!(doc["ports"][0]["name"], "grpc");
             assert_eq!(doc["ports"][0]["protocol"], "TCP");

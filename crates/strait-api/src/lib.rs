@@ -17,4 +17,4 @@ pub use gateway::*;
 pub use k8s_openapi::api::core::v1::Service;
 pub use k8s_openapi::api::discovery::v1::EndpointSlice;
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-pub use manifest::{parse_manifests, ManifestError, Resources};
+pub use manifest::{ManifestError, Resources, parse_manifests};

@@ -35,20 +35,14 @@ pub enum ManifestError {
     #[error("document {index}: {message}")]
     Document { index: usize, message: String },
     #[error("document {index} ({kind} {name}): {message}")]
-    Resource {
-        index: usize,
-        kind: String,
-        name: String,
-        message: String,
-    },
+    Resource { index: usize, kind: String, name: String, message: String },
 }
 
 /// Parses every document of `text`. Objects without `metadata.namespace` are placed in
 /// `default_namespace`, as `kubectl apply -n` would. Any invalid document fails the whole
 /// text, so a caller keeping per-file state never applies half a file.
 pub fn parse_manifests(text: &str, default_namespace: &str) -> Result<Resources, ManifestError> {
-    let docs: Vec<Value> =
-        serde_saphyr::from_multiple(text).map_err(|e| ManifestError::Yaml(e.to_string()))?;
+    let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| ManifestError::Yaml(e.to_string()))?;
     let mut out = Resources::default();
     for (index, doc) in docs.into_iter().enumerate() {
         add_document(&mut out, index, doc, default_namespace)?;
@@ -56,12 +50,7 @@ pub fn parse_manifests(text: &str, default_namespace: &str) -> Result<Resources,
     Ok(out)
 }
 
-fn add_document(
-    out: &mut Resources,
-    index: usize,
-    doc: Value,
-    default_namespace: &str,
-) -> Result<(), ManifestError> {
+fn add_document(out: &mut Resources, index: usize, doc: Value, default_namespace: &str) -> Result<(), ManifestError> {
     let obj = match doc {
         // Empty documents (`---` at the end of a file) are normal.
         Value::Null => return Ok(()),
@@ -76,10 +65,7 @@ fn add_document(
     let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_owned();
     let kind = obj.get("kind").and_then(Value::as_str).unwrap_or_default().to_owned();
     if api_version.is_empty() || kind.is_empty() {
-        return Err(ManifestError::Document {
-            index,
-            message: "apiVersion and kind are required".into(),
-        });
+        return Err(ManifestError::Document { index, message: "apiVersion and kind are required".into() });
     }
     let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
     let is_list = kind == "List" || (kind.ends_with("List") && obj.get("items").is_some());
@@ -124,11 +110,7 @@ fn decode<T: DeserializeOwned>(
     mut obj: Value,
     default_namespace: &str,
 ) -> Result<T, ManifestError> {
-    let name = obj
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
+    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_owned();
     if name.is_empty() {
         return Err(ManifestError::Resource {
             index,
@@ -250,10 +232,7 @@ spec:
             ("- just\n- a list\n", "expected a mapping"),
             ("kind: Service\n", "apiVersion and kind are required"),
             ("apiVersion: v1\nkind: Service\nmetadata: {}\n", "metadata.name is required"),
-            (
-                "apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {ports: [{port: notanumber}]}\n",
-                "Service x",
-            ),
+            ("apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {ports: [{port: notanumber}]}\n", "Service x"),
             (
                 "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: r}\nspec: {rules: 7}\n",
                 "GRPCRoute r",

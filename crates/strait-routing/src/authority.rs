@@ -73,11 +73,7 @@ mod tests {
 
     #[test]
     fn authority_forms() {
-        let d = |ns: &str, name: &str, port: Option<u16>| Destination {
-            namespace: ns.into(),
-            name: name.into(),
-            port,
-        };
+        let d = |ns: &str, name: &str, port: Option<u16>| Destination { namespace: ns.into(), name: name.into(), port };
         let cases: &[(&str, Result<Destination, AuthorityError>)] = &[
             ("user-service.app.svc.cluster.local:50051", Ok(d("app", "user-service", Some(50051)))),
             ("user-service.app.svc.cluster.local.:50051", Ok(d("app", "user-service", Some(50051)))),

@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use strait_api::{
-    EndpointSlice, GrpcBackendRef, GrpcRoute, GrpcRouteFilter, GrpcRouteMatch, HeaderModifier,
-    ParentReference, ReferenceGrant, Resources, Service,
+    EndpointSlice, GrpcBackendRef, GrpcRoute, GrpcRouteFilter, GrpcRouteMatch, HeaderModifier, ParentReference,
+    ReferenceGrant, Resources, Service,
 };
 
 const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
@@ -58,11 +58,14 @@ struct Ctx<'a> {
     endpoint_cache: HashMap<(ServiceKey, u16), Arc<EndpointSet>>,
 }
 
+/// A compiled rule and its matches (`None` = the rule has no matches: all requests).
+type RuleWithMatches = (Arc<Rule>, Option<Vec<RequestMatcher>>);
+
 /// A route after validation: its rules compiled once and shared by every table it binds.
 struct CompiledRoute {
     key: RouteRef,
     created: Option<k8s_openapi::jiff::Timestamp>,
-    rules: Vec<(Arc<Rule>, Option<Vec<RequestMatcher>>)>,
+    rules: Vec<RuleWithMatches>,
 }
 
 /// Compiles `snap` into routing tables and route statuses.
@@ -114,7 +117,10 @@ pub fn compile(snap: &Snapshot<'_>, opts: &CompileOptions) -> RoutingState {
             .spec
             .parent_refs
             .iter()
-            .filter(|p| p.group.as_deref().unwrap_or(GATEWAY_GROUP).is_empty() && p.kind.as_deref().unwrap_or("Gateway") == "Service")
+            .filter(|p| {
+                p.group.as_deref().unwrap_or(GATEWAY_GROUP).is_empty()
+                    && p.kind.as_deref().unwrap_or("Gateway") == "Service"
+            })
             .collect();
         if service_parents.is_empty() {
             // Routes for Gateways belong to some other controller.
@@ -247,16 +253,22 @@ fn compile_route(
     key: &RouteRef,
     route: &GrpcRoute,
     issues: &mut Issues,
-) -> Result<Vec<(Arc<Rule>, Option<Vec<RequestMatcher>>)>, String> {
+) -> Result<Vec<RuleWithMatches>, String> {
     let mut rules = Vec::new();
     for (rule_index, rule) in route.spec.rules.iter().enumerate() {
         let at = |msg: String| format!("rules[{rule_index}]: {msg}");
         let matchers = if rule.matches.is_empty() {
             None
         } else {
-            Some(rule.matches.iter().enumerate().map(|(i, m)| compile_match(m).map_err(|e| at(format!("matches[{i}]: {e}")))).collect::<Result<Vec<_>, _>>()?)
+            Some(
+                rule.matches
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| compile_match(m).map_err(|e| at(format!("matches[{i}]: {e}"))))
+                    .collect::<Result<Vec<_>, _>>()?,
+            )
         };
-        let filters = compile_filters(ctx, key, &rule.filters, issues).map_err(|e| at(e))?;
+        let filters = compile_filters(ctx, key, &rule.filters, issues).map_err(&at)?;
         let mut backends = Vec::new();
         for (i, b) in rule.backend_refs.iter().enumerate() {
             backends.push(compile_backend(ctx, key, b, issues).map_err(|e| at(format!("backendRefs[{i}]: {e}")))?);
@@ -290,16 +302,14 @@ fn compile_match(m: &GrpcRouteMatch) -> Result<RequestMatcher, String> {
             }
             match mm.match_type.as_deref().unwrap_or("Exact") {
                 "Exact" => {
-                    if let Some(s) = &service {
-                        if s.contains('/') {
+                    if let Some(s) = &service
+                        && s.contains('/') {
                             return Err(format!("service {s:?} must not contain '/'"));
                         }
-                    }
-                    if let Some(m) = &method {
-                        if m.contains('/') {
+                    if let Some(m) = &method
+                        && m.contains('/') {
                             return Err(format!("method {m:?} must not contain '/'"));
                         }
-                    }
                     MethodMatcher::Exact { service, method }
                 }
                 "RegularExpression" => MethodMatcher::RegularExpression {
@@ -312,8 +322,8 @@ fn compile_match(m: &GrpcRouteMatch) -> Result<RequestMatcher, String> {
     };
     let mut headers: Vec<HeaderMatcher> = Vec::new();
     for h in &m.headers {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| format!("invalid header name {:?}", h.name))?;
+        let name =
+            HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| format!("invalid header name {:?}", h.name))?;
         // Of equivalent names only the first counts.
         if headers.iter().any(|x| x.name() == name) {
             continue;
@@ -377,7 +387,13 @@ fn compile_filters(
                 let backend = resolve_backend(
                     ctx,
                     route,
-                    BackendSpec { group: r.group.as_deref(), kind: r.kind.as_deref(), name: &r.name, namespace: r.namespace.as_deref(), port: r.port },
+                    BackendSpec {
+                        group: r.group.as_deref(),
+                        kind: r.kind.as_deref(),
+                        name: &r.name,
+                        namespace: r.namespace.as_deref(),
+                        port: r.port,
+                    },
                     1,
                     issues,
                 );
@@ -413,13 +429,24 @@ struct BackendSpec<'s> {
     port: Option<i32>,
 }
 
-fn compile_backend(ctx: &mut Ctx<'_>, route: &RouteRef, b: &GrpcBackendRef, issues: &mut Issues) -> Result<Backend, String> {
+fn compile_backend(
+    ctx: &mut Ctx<'_>,
+    route: &RouteRef,
+    b: &GrpcBackendRef,
+    issues: &mut Issues,
+) -> Result<Backend, String> {
     let weight = b.weight.unwrap_or(1);
     if !(0..=MAX_WEIGHT).contains(&weight) {
         return Err(format!("weight {weight} is outside 0..={MAX_WEIGHT}"));
     }
     let filters = compile_filters(ctx, route, &b.filters, issues)?;
-    let spec = BackendSpec { group: b.group.as_deref(), kind: b.kind.as_deref(), name: &b.name, namespace: b.namespace.as_deref(), port: b.port };
+    let spec = BackendSpec {
+        group: b.group.as_deref(),
+        kind: b.kind.as_deref(),
+        name: &b.name,
+        namespace: b.namespace.as_deref(),
+        port: b.port,
+    };
     let mut backend = resolve_backend(ctx, route, spec, weight as u32, issues);
     backend.request_header_modifier = filters.request;
     backend.response_header_modifier = filters.response;
@@ -429,7 +456,13 @@ fn compile_backend(ctx: &mut Ctx<'_>, route: &RouteRef, b: &GrpcBackendRef, issu
 
 /// Resolves a backend reference; problems become an `Unavailable` target and a
 /// `ResolvedRefs` issue, never an error for the route.
-fn resolve_backend(ctx: &mut Ctx<'_>, route: &RouteRef, spec: BackendSpec<'_>, weight: u32, issues: &mut Issues) -> Backend {
+fn resolve_backend(
+    ctx: &mut Ctx<'_>,
+    route: &RouteRef,
+    spec: BackendSpec<'_>,
+    weight: u32,
+    issues: &mut Issues,
+) -> Backend {
     let namespace = spec.namespace.filter(|n| !n.is_empty()).unwrap_or(&route.namespace);
     let service = ServiceKey::new(namespace, spec.name);
     let port = spec.port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0);
@@ -446,8 +479,15 @@ fn resolve_backend(ctx: &mut Ctx<'_>, route: &RouteRef, spec: BackendSpec<'_>, w
     let kind = spec.kind.unwrap_or("Service");
     let problem: Option<(&'static str, String)> = if !group.is_empty() || kind != "Service" {
         Some(("InvalidKind", format!("backendRef {group}/{kind} {service} is not a core Service")))
-    } else if namespace != route.namespace && ctx.opts.require_reference_grants && !granted(ctx.grants, route, &service) {
-        Some(("RefNotPermitted", format!("no ReferenceGrant in namespace {namespace} allows GRPCRoutes from {} to Service {}", route.namespace, spec.name)))
+    } else if namespace != route.namespace && ctx.opts.require_reference_grants && !granted(ctx.grants, route, &service)
+    {
+        Some((
+            "RefNotPermitted",
+            format!(
+                "no ReferenceGrant in namespace {namespace} allows GRPCRoutes from {} to Service {}",
+                route.namespace, spec.name
+            ),
+        ))
     } else if let Some(port) = port {
         match ctx.services.get(&service) {
             None => Some(("BackendNotFound", format!("Service {service} not found"))),
@@ -473,8 +513,15 @@ fn resolve_backend(ctx: &mut Ctx<'_>, route: &RouteRef, spec: BackendSpec<'_>, w
 fn granted(grants: &[&ReferenceGrant], route: &RouteRef, to: &ServiceKey) -> bool {
     grants.iter().any(|g| {
         g.metadata.namespace.as_deref() == Some(to.namespace.as_str())
-            && g.spec.from.iter().any(|f| f.group == GATEWAY_GROUP && f.kind == "GRPCRoute" && f.namespace == route.namespace)
-            && g.spec.to.iter().any(|t| t.group.is_empty() && t.kind == "Service" && t.name.as_ref().is_none_or(|n| n.is_empty() || *n == to.name))
+            && g.spec
+                .from
+                .iter()
+                .any(|f| f.group == GATEWAY_GROUP && f.kind == "GRPCRoute" && f.namespace == route.namespace)
+            && g.spec.to.iter().any(|t| {
+                t.group.is_empty()
+                    && t.kind == "Service"
+                    && t.name.as_ref().is_none_or(|n| n.is_empty() || *n == to.name)
+            })
     })
 }
 
@@ -491,7 +538,14 @@ impl Ctx<'_> {
             }
             // The slice port named like the Service port carries the target port number
             // (named targetPorts resolve per pod, so this is per slice).
-            let Some(target_port) = slice.ports.iter().flatten().find(|p| p.name.as_deref().filter(|n| !n.is_empty()) == port_name).and_then(|p| p.port).and_then(|p| u16::try_from(p).ok()) else {
+            let Some(target_port) = slice
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref().filter(|n| !n.is_empty()) == port_name)
+                .and_then(|p| p.port)
+                .and_then(|p| u16::try_from(p).ok())
+            else {
                 continue;
             };
             for ep in &slice.endpoints {
@@ -519,11 +573,8 @@ impl Ctx<'_> {
             }
         }
         let ready: Vec<Endpoint> = all.values().filter(|e| e.ready).cloned().collect();
-        let endpoints = if ready.is_empty() {
-            all.into_values().filter(|e| e.serving && e.terminating).collect()
-        } else {
-            ready
-        };
+        let endpoints =
+            if ready.is_empty() { all.into_values().filter(|e| e.serving && e.terminating).collect() } else { ready };
         let set = Arc::new(EndpointSet { endpoints });
         self.endpoint_cache.insert((key.clone(), port), set.clone());
         set

@@ -1,7 +1,7 @@
 //! Compiled GRPCRoute filters.
 use crate::model::Backend;
-use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
+use http::header::{HeaderName, HeaderValue};
 use serde::{Serialize, Serializer};
 
 /// `RequestHeaderModifier` / `ResponseHeaderModifier`.
@@ -16,9 +16,11 @@ pub struct HeaderModifierFilter {
 }
 
 fn ser_pairs<S: Serializer>(pairs: &[(HeaderName, HeaderValue)], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(pairs.iter().map(|(n, v)| {
-        serde_json::json!({"name": n.as_str(), "value": String::from_utf8_lossy(v.as_bytes())})
-    }))
+    s.collect_seq(
+        pairs
+            .iter()
+            .map(|(n, v)| serde_json::json!({"name": n.as_str(), "value": String::from_utf8_lossy(v.as_bytes())})),
+    )
 }
 
 fn ser_names<S: Serializer>(names: &[HeaderName], s: S) -> Result<S::Ok, S::Error> {
@@ -68,7 +70,7 @@ pub struct MirrorFilter {
 impl MirrorFilter {
     /// `random` is uniform over u32.
     pub fn should_mirror(&self, random: u32) -> bool {
-        (u64::from(random) * 1_000_000 >> 32) < u64::from(self.parts_per_million)
+        ((u64::from(random) * 1_000_000) >> 32) < u64::from(self.parts_per_million)
     }
 }
 

@@ -19,8 +19,8 @@ mod matching;
 mod model;
 mod status;
 
-pub use authority::{parse_authority, AuthorityError, Destination};
-pub use compile::{compile, CompileOptions, Snapshot};
+pub use authority::{AuthorityError, Destination, parse_authority};
+pub use compile::{CompileOptions, Snapshot, compile};
 pub use filters::{HeaderModifierFilter, MirrorFilter};
 pub use matching::{HeaderMatcher, MethodMatcher, RequestMatcher, RequestView};
 pub use model::*;

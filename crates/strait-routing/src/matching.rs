@@ -1,6 +1,6 @@
 //! Request matching: gRPC method and header matches of a GRPCRoute rule.
-use http::header::HeaderName;
 use http::HeaderMap;
+use http::header::HeaderName;
 use regex::Regex;
 use serde::{Serialize, Serializer};
 
@@ -84,12 +84,10 @@ impl MethodMatcher {
         match self {
             MethodMatcher::Any => true,
             MethodMatcher::Exact { service, method } => grpc.is_some_and(|(s, m)| {
-                service.as_deref().is_none_or(|want| want == s)
-                    && method.as_deref().is_none_or(|want| want == m)
+                service.as_deref().is_none_or(|want| want == s) && method.as_deref().is_none_or(|want| want == m)
             }),
             MethodMatcher::RegularExpression { service, method } => grpc.is_some_and(|(s, m)| {
-                service.as_ref().is_none_or(|p| p.is_match(s))
-                    && method.as_ref().is_none_or(|p| p.is_match(m))
+                service.as_ref().is_none_or(|p| p.is_match(s)) && method.as_ref().is_none_or(|p| p.is_match(m))
             }),
         }
     }
@@ -98,14 +96,12 @@ impl MethodMatcher {
     fn precedence(&self) -> (usize, usize) {
         match self {
             MethodMatcher::Any => (0, 0),
-            MethodMatcher::Exact { service, method } => (
-                service.as_deref().map_or(0, str::len),
-                method.as_deref().map_or(0, str::len),
-            ),
-            MethodMatcher::RegularExpression { service, method } => (
-                service.as_ref().map_or(0, |p| p.source().len()),
-                method.as_ref().map_or(0, |p| p.source().len()),
-            ),
+            MethodMatcher::Exact { service, method } => {
+                (service.as_deref().map_or(0, str::len), method.as_deref().map_or(0, str::len))
+            }
+            MethodMatcher::RegularExpression { service, method } => {
+                (service.as_ref().map_or(0, |p| p.source().len()), method.as_ref().map_or(0, |p| p.source().len()))
+            }
         }
     }
 }
@@ -230,10 +226,8 @@ mod tests {
     fn header_matchers() {
         let name = |n: &str| HeaderName::from_bytes(n.as_bytes()).expect("name");
         let exact = HeaderMatcher::Exact { name: name("x-group"), value: "a".into() };
-        let re = HeaderMatcher::RegularExpression {
-            name: name("x-version"),
-            value: Pattern::new("v[12]").expect("regex"),
-        };
+        let re =
+            HeaderMatcher::RegularExpression { name: name("x-version"), value: Pattern::new("v[12]").expect("regex") };
         let cases: Vec<(&HeaderMatcher, HeaderMap, bool)> = vec![
             (&exact, headers(&[("x-group", "a")]), true),
             (&exact, headers(&[("X-Group", "a")]), true),

@@ -1,8 +1,8 @@
 //! The compiled routing state the proxy reads on every request.
+use crate::Destination;
 use crate::filters::{HeaderModifierFilter, MirrorFilter};
 use crate::matching::{RequestMatcher, RequestView};
 use crate::status::RouteStatus;
-use crate::Destination;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -180,14 +180,19 @@ impl Rule {
     /// Picks a backend by weight; `random` is uniform over u64. `None` when no backend
     /// has weight (the request gets UNAVAILABLE).
     pub fn pick_backend(&self, random: u64) -> Option<&Backend> {
+        self.pick_backend_index(random).map(|i| &self.backends[i])
+    }
+
+    /// Index form of [`Rule::pick_backend`].
+    pub fn pick_backend_index(&self, random: u64) -> Option<usize> {
         if self.total_weight == 0 {
             return None;
         }
         let mut x = random % self.total_weight;
-        for b in &self.backends {
+        for (i, b) in self.backends.iter().enumerate() {
             let w = u64::from(b.weight);
             if x < w {
-                return Some(b);
+                return Some(i);
             }
             x -= w;
         }
@@ -247,7 +252,9 @@ impl Backend {
 pub enum BackendTarget {
     Endpoints(Arc<EndpointSet>),
     /// The backendRef could not be resolved; its share of traffic gets UNAVAILABLE.
-    Unavailable { reason: String },
+    Unavailable {
+        reason: String,
+    },
 }
 
 /// The endpoints traffic may go to: ready ones, or, when none is ready, serving

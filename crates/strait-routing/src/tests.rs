@@ -45,7 +45,14 @@ fn backends_for(state: &RoutingState, dest: &str, client_ns: &str, path: &str, h
     let h = headers(hdrs);
     match port.table_for(client_ns).route(&RequestView { path, headers: &h }) {
         None => "UNIMPLEMENTED".into(),
-        Some(e) => e.rule.backends.iter().filter(|b| b.weight > 0).map(|b| b.service.name.clone()).collect::<Vec<_>>().join("+"),
+        Some(e) => e
+            .rule
+            .backends
+            .iter()
+            .filter(|b| b.weight > 0)
+            .map(|b| b.service.name.clone())
+            .collect::<Vec<_>>()
+            .join("+"),
     }
 }
 
@@ -60,7 +67,10 @@ fn status<'a>(state: &'a RoutingState, ns: &str, name: &str) -> &'a RouteStatus 
 const CONFORMANCE_NS: &str = "gateway-conformance-infra";
 
 fn conformance_services() -> String {
-    services(CONFORMANCE_NS, &["echo:50051", "grpc-infra-backend-v1:8080", "grpc-infra-backend-v2:8080", "grpc-infra-backend-v3:8080"])
+    services(
+        CONFORMANCE_NS,
+        &["echo:50051", "grpc-infra-backend-v1:8080", "grpc-infra-backend-v2:8080", "grpc-infra-backend-v3:8080"],
+    )
 }
 
 #[test]
@@ -182,7 +192,9 @@ fn app_services() -> String {
 }
 
 fn route(ns: &str, name: &str, parents: &str, rules: &str) -> String {
-    format!("\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  parentRefs: {parents}\n  rules:\n{rules}\n")
+    format!(
+        "\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  parentRefs: {parents}\n  rules:\n{rules}\n"
+    )
 }
 
 #[test]
@@ -218,21 +230,35 @@ fn method_match_forms_and_precedence() {
 
 #[test]
 fn precedence_across_routes_oldest_then_alphabetical() {
-    let rule = |backend: &str| format!("  - matches: [{{method: {{service: user.v1.UserService}}}}]\n    backendRefs: [{{name: {backend}, port: 50051}}]\n");
+    let rule = |backend: &str| {
+        format!(
+            "  - matches: [{{method: {{service: user.v1.UserService}}}}]\n    backendRefs: [{{name: {backend}, port: 50051}}]\n"
+        )
+    };
     let parent = r#"[{group: "", kind: Service, name: user-service}]"#;
     // No timestamps: alphabetical namespace/name decides.
-    let yaml = app_services() + &route(APP, "b-route", parent, &rule("writer")) + &route(APP, "a-route", parent, &rule("reader"));
+    let yaml = app_services()
+        + &route(APP, "b-route", parent, &rule("writer"))
+        + &route(APP, "a-route", parent, &rule("reader"));
     assert_eq!(backends_for(&state_of(&yaml), "user-service:50051", APP, "/user.v1.UserService/X", &[]), "reader");
     // The older route wins over the alphabetically first one.
     let stamped = |name: &str, ts: &str, backend: &str| {
-        route(APP, name, parent, &rule(backend)).replace(&format!("namespace: {APP}}}"), &format!("namespace: {APP}, creationTimestamp: \"{ts}\"}}"))
+        route(APP, name, parent, &rule(backend))
+            .replace(&format!("namespace: {APP}}}"), &format!("namespace: {APP}, creationTimestamp: \"{ts}\"}}"))
     };
-    let yaml = app_services() + &stamped("a-route", "2024-05-01T00:00:00Z", "reader") + &stamped("b-route", "2024-01-01T00:00:00.5Z", "writer");
+    let yaml = app_services()
+        + &stamped("a-route", "2024-05-01T00:00:00Z", "reader")
+        + &stamped("b-route", "2024-01-01T00:00:00.5Z", "writer");
     assert_eq!(backends_for(&state_of(&yaml), "user-service:50051", APP, "/user.v1.UserService/X", &[]), "writer");
     // A more specific match beats age.
     let yaml = app_services()
         + &stamped("old", "2020-01-01T00:00:00Z", "reader")
-        + &route(APP, "new", parent, "  - matches: [{method: {service: user.v1.UserService, method: X}}]\n    backendRefs: [{name: writer, port: 50051}]\n");
+        + &route(
+            APP,
+            "new",
+            parent,
+            "  - matches: [{method: {service: user.v1.UserService, method: X}}]\n    backendRefs: [{name: writer, port: 50051}]\n",
+        );
     assert_eq!(backends_for(&state_of(&yaml), "user-service:50051", APP, "/user.v1.UserService/X", &[]), "writer");
 }
 
@@ -259,13 +285,26 @@ fn parent_refs_bind_only_services_with_port_and_section() {
     assert_eq!(multi.producer.origin, TableOrigin::Producer);
     // The defaulted parentRef is reported back.
     let pr = &status(&s, APP, "section").parents[0].parent_ref;
-    assert_eq!((pr.group.as_deref(), pr.kind.as_deref(), pr.namespace.as_deref()), (Some(""), Some("Service"), Some(APP)));
+    assert_eq!(
+        (pr.group.as_deref(), pr.kind.as_deref(), pr.namespace.as_deref()),
+        (Some(""), Some("Service"), Some(APP))
+    );
 }
 
 #[test]
 fn producer_and_consumer_routes() {
-    let producer = route(APP, "producer", r#"[{group: "", kind: Service, name: user-service}]"#, "  - backendRefs: [{name: reader, port: 50051}]\n");
-    let consumer = route("client-ns", "consumer", r#"[{group: "", kind: Service, name: user-service, namespace: app}]"#, "  - matches: [{method: {method: CreateUser}}]\n    backendRefs: [{name: writer, namespace: app, port: 50051}]\n");
+    let producer = route(
+        APP,
+        "producer",
+        r#"[{group: "", kind: Service, name: user-service}]"#,
+        "  - backendRefs: [{name: reader, port: 50051}]\n",
+    );
+    let consumer = route(
+        "client-ns",
+        "consumer",
+        r#"[{group: "", kind: Service, name: user-service, namespace: app}]"#,
+        "  - matches: [{method: {method: CreateUser}}]\n    backendRefs: [{name: writer, namespace: app, port: 50051}]\n",
+    );
     let s = state_of(&(app_services() + &producer + &consumer));
     let dest = "user-service.app.svc.cluster.local:50051";
     // Everyone else gets the producer route.
@@ -290,17 +329,54 @@ fn producer_and_consumer_routes() {
 #[test]
 fn invalid_routes_are_not_accepted_and_others_keep_working() {
     let parent = r#"[{group: "", kind: Service, name: user-service}]"#;
-    let good = route(APP, "good", parent, "  - matches: [{method: {service: user.v1.UserService}}]\n    backendRefs: [{name: reader, port: 50051}]\n");
+    let good = route(
+        APP,
+        "good",
+        parent,
+        "  - matches: [{method: {service: user.v1.UserService}}]\n    backendRefs: [{name: reader, port: 50051}]\n",
+    );
     let bads = [
-        ("unsupported-filter", "  - filters: [{type: URLRewrite}]\n    backendRefs: [{name: writer, port: 50051}]\n", "not supported"),
-        ("extension-ref", "  - filters: [{type: ExtensionRef, extensionRef: {group: x, kind: y, name: z}}]\n    backendRefs: [{name: writer, port: 50051}]\n", "not supported"),
-        ("bad-regex", "  - matches: [{method: {type: RegularExpression, service: \"(unclosed\"}}]\n    backendRefs: [{name: writer, port: 50051}]\n", "invalid regular expression"),
-        ("bad-header-regex", "  - matches: [{headers: [{type: RegularExpression, name: x, value: \"[\"}]}]\n    backendRefs: [{name: writer, port: 50051}]\n", "invalid regular expression"),
-        ("bad-match-type", "  - matches: [{method: {type: Prefix, service: a}}]\n    backendRefs: [{name: writer, port: 50051}]\n", "not supported"),
-        ("empty-method", "  - matches: [{method: {type: Exact}}]\n    backendRefs: [{name: writer, port: 50051}]\n", "needs a service or a method"),
-        ("bad-header-name", "  - matches: [{headers: [{name: \"bad name\", value: x}]}]\n    backendRefs: [{name: writer, port: 50051}]\n", "invalid header name"),
+        (
+            "unsupported-filter",
+            "  - filters: [{type: URLRewrite}]\n    backendRefs: [{name: writer, port: 50051}]\n",
+            "not supported",
+        ),
+        (
+            "extension-ref",
+            "  - filters: [{type: ExtensionRef, extensionRef: {group: x, kind: y, name: z}}]\n    backendRefs: [{name: writer, port: 50051}]\n",
+            "not supported",
+        ),
+        (
+            "bad-regex",
+            "  - matches: [{method: {type: RegularExpression, service: \"(unclosed\"}}]\n    backendRefs: [{name: writer, port: 50051}]\n",
+            "invalid regular expression",
+        ),
+        (
+            "bad-header-regex",
+            "  - matches: [{headers: [{type: RegularExpression, name: x, value: \"[\"}]}]\n    backendRefs: [{name: writer, port: 50051}]\n",
+            "invalid regular expression",
+        ),
+        (
+            "bad-match-type",
+            "  - matches: [{method: {type: Prefix, service: a}}]\n    backendRefs: [{name: writer, port: 50051}]\n",
+            "not supported",
+        ),
+        (
+            "empty-method",
+            "  - matches: [{method: {type: Exact}}]\n    backendRefs: [{name: writer, port: 50051}]\n",
+            "needs a service or a method",
+        ),
+        (
+            "bad-header-name",
+            "  - matches: [{headers: [{name: \"bad name\", value: x}]}]\n    backendRefs: [{name: writer, port: 50051}]\n",
+            "invalid header name",
+        ),
         ("bad-weight", "  - backendRefs: [{name: writer, port: 50051, weight: -1}]\n", "weight"),
-        ("bad-mirror", "  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: writer, port: 50051}, percent: 101}}]\n    backendRefs: [{name: writer, port: 50051}]\n", "percent"),
+        (
+            "bad-mirror",
+            "  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: writer, port: 50051}, percent: 101}}]\n    backendRefs: [{name: writer, port: 50051}]\n",
+            "percent",
+        ),
     ];
     for (name, rules, want) in bads {
         let s = state_of(&(app_services() + &good + &route(APP, name, parent, rules)));
@@ -319,11 +395,23 @@ fn invalid_routes_are_not_accepted_and_others_keep_working() {
 fn missing_and_invalid_backends() {
     let parent = r#"[{group: "", kind: Service, name: user-service}]"#;
     let cases = [
-        ("  - backendRefs: [{name: reader, port: 50051, weight: 1}, {name: ghost, port: 50051, weight: 1}]\n", "BackendNotFound", vec![true, false]),
-        ("  - backendRefs: [{name: reader, port: 50051}, {name: ghost, port: 50051, weight: 0}]\n", "BackendNotFound", vec![true, false]),
+        (
+            "  - backendRefs: [{name: reader, port: 50051, weight: 1}, {name: ghost, port: 50051, weight: 1}]\n",
+            "BackendNotFound",
+            vec![true, false],
+        ),
+        (
+            "  - backendRefs: [{name: reader, port: 50051}, {name: ghost, port: 50051, weight: 0}]\n",
+            "BackendNotFound",
+            vec![true, false],
+        ),
         ("  - backendRefs: [{name: reader, port: 1}]\n", "BackendNotFound", vec![false]),
         ("  - backendRefs: [{name: reader}]\n", "BackendNotFound", vec![false]),
-        ("  - backendRefs: [{group: example.com, kind: Thing, name: reader, port: 50051}]\n", "InvalidKind", vec![false]),
+        (
+            "  - backendRefs: [{group: example.com, kind: Thing, name: reader, port: 50051}]\n",
+            "InvalidKind",
+            vec![false],
+        ),
     ];
     for (rules, reason, resolvable) in cases.clone() {
         let s = state_of(&(app_services() + &route(APP, "r", parent, rules)));
@@ -347,7 +435,9 @@ fn missing_and_invalid_backends() {
 #[test]
 fn all_zero_weights_pick_nothing() {
     let parent = r#"[{group: "", kind: Service, name: user-service}]"#;
-    let s = state_of(&(app_services() + &route(APP, "r", parent, "  - backendRefs: [{name: reader, port: 50051, weight: 0}]\n")));
+    let s = state_of(
+        &(app_services() + &route(APP, "r", parent, "  - backendRefs: [{name: reader, port: 50051, weight: 0}]\n")),
+    );
     let port = s.lookup(&parse_authority("user-service:50051", APP, "cluster.local").expect("a")).expect("p");
     let h = HeaderMap::new();
     let rule = &port.producer.route(&RequestView { path: "/a/b", headers: &h }).expect("rule").rule;
@@ -418,9 +508,18 @@ fn service_without_routes_goes_to_its_own_endpoints() {
     // ClusterIP lookup for transparent mode.
     let ip: std::net::IpAddr = "10.96.1.3".parse().expect("ip");
     assert!(s.service_by_cluster_ip(ip).is_some());
-    assert!(matches!(s.lookup(&parse_authority("ghost.app:1", "x", "cluster.local").expect("a")), Err(LookupError::UnknownService(_))));
-    assert!(matches!(s.lookup(&parse_authority("reader.app:1", "x", "cluster.local").expect("a")), Err(LookupError::UnknownPort { .. })));
-    assert!(s.lookup(&parse_authority("reader.app", "x", "cluster.local").expect("a")).is_ok(), "single port needs no port");
+    assert!(matches!(
+        s.lookup(&parse_authority("ghost.app:1", "x", "cluster.local").expect("a")),
+        Err(LookupError::UnknownService(_))
+    ));
+    assert!(matches!(
+        s.lookup(&parse_authority("reader.app:1", "x", "cluster.local").expect("a")),
+        Err(LookupError::UnknownPort { .. })
+    ));
+    assert!(
+        s.lookup(&parse_authority("reader.app", "x", "cluster.local").expect("a")).is_ok(),
+        "single port needs no port"
+    );
 }
 
 #[test]
@@ -496,7 +595,15 @@ ports: [{port: 8080}]
 #[test]
 fn routes_dump_as_json() {
     let parent = r#"[{group: "", kind: Service, name: user-service}]"#;
-    let s = state_of(&(app_services() + &route(APP, "r", parent, "  - matches: [{method: {type: RegularExpression, service: \"a.*\"}}]\n    backendRefs: [{name: reader, port: 50051, weight: 3}]\n")));
+    let s = state_of(
+        &(app_services()
+            + &route(
+                APP,
+                "r",
+                parent,
+                "  - matches: [{method: {type: RegularExpression, service: \"a.*\"}}]\n    backendRefs: [{name: reader, port: 50051, weight: 3}]\n",
+            )),
+    );
     let v = serde_json::to_value(&s).expect("serializes");
     let entry = &v["services"]["app/user-service"]["ports"][0]["producer"]["entries"][0];
     assert_eq!(entry["match"]["method"]["type"], "RegularExpression");

@@ -1,0 +1,38 @@
+# Strait — the two commands that matter:
+#   make demo   run the routing demo locally (no cluster, no root)
+#   make test   run every test
+SHELL := /bin/bash
+CARGO ?= cargo
+# Built tools (kube-apiserver, etcd) are cached outside the work tree so a fresh
+# clone (CI) reuses them; keyed by the go.sum of their module.
+STRAIT_CACHE ?= $(HOME)/.cache/strait
+TOOLS_BIN := $(STRAIT_CACHE)/bin
+
+.PHONY: demo test build unit e2e lint fmt tools clean
+
+demo:
+	$(CARGO) build -p strait-proxy -p strait-demo
+	./scripts/cargo-bin.sh strait-demo --proxy-bin "$$(./scripts/cargo-bin.sh --path strait-proxy)" --examples deploy/examples
+
+build:
+	$(CARGO) build --workspace --bins
+
+# Binaries first: end-to-end tests run the real strait-proxy.
+test: build
+	$(CARGO) test --workspace --no-fail-fast
+
+unit:
+	$(CARGO) test --workspace --lib
+
+e2e: build
+	$(CARGO) test -p strait-e2e
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean

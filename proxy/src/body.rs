@@ -1,0 +1,303 @@
+//! Body wrappers: pass frames through without buffering while observing what metrics
+//! and mirroring need.
+use crate::grpc::{self, MessageCounter};
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll};
+use tokio::sync::mpsc;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type of every request and response the proxy forwards or produces.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+pub fn boxed<B>(body: B) -> ProxyBody
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    UnsyncBoxBody::new(http_body_util::BodyExt::map_err(body, Into::into))
+}
+
+pub fn empty() -> ProxyBody {
+    ProxyBody::default()
+}
+
+/// How a response stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// grpc-status from trailers (or from trailers-only headers).
+    pub grpc_status: Option<u32>,
+    pub response_messages: u32,
+    /// False when the stream was dropped (cancelled) or failed before its end.
+    pub completed: bool,
+}
+
+pub type OnComplete = Box<dyn FnOnce(Outcome) + Send>;
+
+pin_project_lite::pin_project! {
+    /// Response body that reports its [`Outcome`] exactly once: at end of stream, on
+    /// error, or when dropped early (the caller cancelled).
+    pub struct ObservedBody<B> {
+        #[pin]
+        inner: B,
+        counter: MessageCounter,
+        grpc_status: Option<u32>,
+        on_complete: Option<OnComplete>,
+    }
+    impl<B> PinnedDrop for ObservedBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(f) = this.on_complete.take() {
+                f(Outcome { grpc_status: *this.grpc_status, response_messages: this.counter.messages, completed: false });
+            }
+        }
+    }
+}
+
+impl<B> ObservedBody<B> {
+    /// `headers_status` is the grpc-status of a trailers-only response, if any.
+    pub fn new(inner: B, headers_status: Option<u32>, on_complete: OnComplete) -> Self {
+        ObservedBody {
+            inner,
+            counter: MessageCounter::default(),
+            grpc_status: headers_status,
+            on_complete: Some(on_complete),
+        }
+    }
+}
+
+impl<B> Body for ObservedBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.counter.observe(data);
+                } else if let Some(trailers) = frame.trailers_ref()
+                    && let Some(code) = grpc::status_of(trailers) {
+                        *this.grpc_status = Some(code);
+                    }
+            }
+            Poll::Ready(None) => {
+                if let Some(f) = this.on_complete.take() {
+                    f(Outcome {
+                        grpc_status: *this.grpc_status,
+                        response_messages: this.counter.messages,
+                        completed: true,
+                    });
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(f) = this.on_complete.take() {
+                    f(Outcome {
+                        grpc_status: *this.grpc_status,
+                        response_messages: this.counter.messages,
+                        completed: false,
+                    });
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled.map(|o| o.map(|r| r.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Frames copied to a mirror. Bounded: a slow mirror is cut off, never the caller.
+const MIRROR_QUEUE: usize = 64;
+
+pin_project_lite::pin_project! {
+    /// Request body that counts gRPC messages and optionally copies frames to mirrors.
+    pub struct RequestBody<B> {
+        #[pin]
+        inner: B,
+        counter: MessageCounter,
+        messages: Arc<AtomicU32>,
+        mirrors: Vec<mpsc::Sender<Frame<Bytes>>>,
+    }
+}
+
+impl<B> RequestBody<B> {
+    pub fn new(inner: B, messages: Arc<AtomicU32>) -> Self {
+        RequestBody { inner, counter: MessageCounter::default(), messages, mirrors: Vec::new() }
+    }
+
+    /// A body that receives a copy of every frame of this one.
+    pub fn add_mirror(&mut self) -> MirrorBody {
+        let (tx, rx) = mpsc::channel(MIRROR_QUEUE);
+        self.mirrors.push(tx);
+        MirrorBody { rx }
+    }
+}
+
+impl<B> Body for RequestBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.counter.observe(data);
+                this.messages.store(this.counter.messages, Ordering::Relaxed);
+            }
+            if !this.mirrors.is_empty() {
+                let copy = match frame.data_ref() {
+                    Some(d) => Some(Frame::data(d.clone())),
+                    None => frame.trailers_ref().map(|t| Frame::trailers(t.clone())),
+                };
+                if let Some(copy) = copy {
+                    // A full or closed mirror is dropped; its body then ends early.
+                    this.mirrors.retain(|tx| tx.try_send(clone_frame(&copy)).is_ok());
+                }
+            }
+        }
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            this.mirrors.clear();
+        }
+        polled.map(|o| o.map(|r| r.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn clone_frame(f: &Frame<Bytes>) -> Frame<Bytes> {
+    match (f.data_ref(), f.trailers_ref()) {
+        (Some(d), _) => Frame::data(d.clone()),
+        (None, Some(t)) => Frame::trailers(t.clone()),
+        (None, None) => Frame::data(Bytes::new()),
+    }
+}
+
+/// The mirror's copy of a request body.
+pub struct MirrorBody {
+    rx: mpsc::Receiver<Frame<Bytes>>,
+}
+
+impl Body for MirrorBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.rx.poll_recv(cx).map(|f| f.map(Ok))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderMap;
+    use http_body_util::{BodyExt, StreamBody};
+    use std::sync::Mutex;
+
+    fn grpc_frame(len: usize) -> Bytes {
+        let mut v = vec![0u8];
+        v.extend_from_slice(&(len as u32).to_be_bytes());
+        v.extend(std::iter::repeat_n(1u8, len));
+        Bytes::from(v)
+    }
+
+    #[tokio::test]
+    async fn observed_body_reports_status_and_messages_once() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "5".parse().expect("v"));
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> =
+            vec![Ok(Frame::data(grpc_frame(3))), Ok(Frame::data(grpc_frame(10))), Ok(Frame::trailers(trailers))];
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        let body = ObservedBody::new(
+            StreamBody::new(tokio_stream_iter(frames)),
+            None,
+            Box::new(move |o| s2.lock().expect("lock").push(o)),
+        );
+        let collected = body.collect().await.expect("collect");
+        assert_eq!(collected.trailers().and_then(grpc::status_of), Some(5));
+        let seen = seen.lock().expect("lock").clone();
+        assert_eq!(seen, vec![Outcome { grpc_status: Some(5), response_messages: 2, completed: true }]);
+    }
+
+    #[tokio::test]
+    async fn dropped_body_reports_cancelled() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = vec![Ok(Frame::data(grpc_frame(1)))];
+        let body = ObservedBody::new(
+            StreamBody::new(tokio_stream_iter(frames)),
+            None,
+            Box::new(move |o| s2.lock().expect("lock").push(o)),
+        );
+        drop(body);
+        assert!(!seen.lock().expect("lock")[0].completed);
+    }
+
+    #[tokio::test]
+    async fn request_body_counts_and_mirrors() {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> =
+            vec![Ok(Frame::data(grpc_frame(2))), Ok(Frame::data(grpc_frame(4)))];
+        let count = Arc::new(AtomicU32::new(0));
+        let mut body = RequestBody::new(StreamBody::new(tokio_stream_iter(frames)), count.clone());
+        let mirror = body.add_mirror();
+        let main = body.collect().await.expect("collect").to_bytes();
+        let copy = mirror.collect().await.expect("collect").to_bytes();
+        assert_eq!(main, copy);
+        assert_eq!(count.load(Ordering::Relaxed), 2);
+    }
+
+    fn tokio_stream_iter<T>(items: Vec<T>) -> impl futures_lite_stream::Stream<Item = T> {
+        futures_lite_stream::iter(items)
+    }
+
+    /// A minimal iterator stream, to avoid a dependency for tests.
+    mod futures_lite_stream {
+        pub use futures_core_stream::Stream;
+        pub fn iter<T>(items: Vec<T>) -> Iter<T> {
+            Iter { items: items.into_iter() }
+        }
+        pub struct Iter<T> {
+            items: std::vec::IntoIter<T>,
+        }
+        impl<T> Unpin for Iter<T> {}
+        impl<T> Stream for Iter<T> {
+            type Item = T;
+            fn poll_next(
+                mut self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Option<T>> {
+                std::task::Poll::Ready(self.items.next())
+            }
+        }
+        mod futures_core_stream {
+            pub use tokio_stream::Stream;
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Command-line flags (each with a `STRAIT_*` environment equivalent), validated
+//! before any port is bound.
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "strait-proxy",
+    version,
+    about = "Strait sidecar proxy: GAMMA GRPCRoute routing for a pod's gRPC traffic"
+)]
+pub struct Args {
+    /// Directory of Kubernetes YAML (Services, EndpointSlices, GRPCRoutes, ReferenceGrants).
+    #[arg(long, env = "STRAIT_CONFIG_DIR")]
+    pub config_dir: PathBuf,
+
+    /// Where the pod's outbound traffic arrives (h2c; the destination is `:authority`).
+    #[arg(long, env = "STRAIT_OUTBOUND_ADDR", default_value = "127.0.0.1:15001")]
+    pub outbound_addr: SocketAddr,
+
+    /// Where the pod's inbound traffic arrives.
+    #[arg(long, env = "STRAIT_INBOUND_ADDR", default_value = "0.0.0.0:15006")]
+    pub inbound_addr: SocketAddr,
+
+    /// The application inbound traffic is forwarded to.
+    #[arg(long, env = "STRAIT_INBOUND_APP_ADDR", default_value = "127.0.0.1:8080")]
+    pub inbound_app_addr: SocketAddr,
+
+    /// Admin endpoint: routes, query, metrics, readiness. Loopback by default because it
+    /// dumps configuration.
+    #[arg(long, env = "STRAIT_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
+    pub admin_addr: SocketAddr,
+
+    /// Optional listener serving only /ready, /live and /metrics, e.g. on the pod IP for
+    /// kubelet probes and Prometheus.
+    #[arg(long, env = "STRAIT_PROBE_ADDR")]
+    pub probe_addr: Option<SocketAddr>,
+
+    /// The pod's namespace: relative authorities resolve here and consumer routes of this
+    /// namespace apply.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+
+    #[arg(long, env = "STRAIT_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+
+    /// Require a ReferenceGrant for cross-namespace backendRefs (off by default, GEP-1294).
+    #[arg(long, env = "STRAIT_REQUIRE_REFERENCE_GRANTS", default_value_t = false)]
+    pub require_reference_grants: bool,
+
+    /// Log filter, e.g. `info` or `strait_proxy=debug,info`.
+    #[arg(long, env = "STRAIT_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Log format: `plain` or `json`.
+    #[arg(long, env = "STRAIT_LOG_FORMAT", default_value = "plain")]
+    pub log_format: String,
+
+    /// How often the config directory is checked for changes.
+    #[arg(long, env = "STRAIT_CONFIG_POLL", default_value = "250ms", value_parser = parse_duration)]
+    pub config_poll: Duration,
+
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[arg(long, env = "STRAIT_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Upstream TCP connect timeout.
+    #[arg(long, env = "STRAIT_CONNECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    #[command(flatten)]
+    pub h2: H2Limits,
+}
+
+/// HTTP/2 limits, set explicitly rather than left to library defaults.
+#[derive(Debug, Clone, clap::Args)]
+pub struct H2Limits {
+    /// Concurrent streams a peer may open on one connection.
+    #[arg(long, env = "STRAIT_H2_MAX_CONCURRENT_STREAMS", default_value_t = 1000)]
+    pub max_concurrent_streams: u32,
+    /// Largest header list accepted (bytes, HPACK-decoded).
+    #[arg(long, env = "STRAIT_H2_MAX_HEADER_LIST_SIZE", default_value_t = 32 * 1024)]
+    pub max_header_list_size: u32,
+    /// Streams reset by the peer before we accept them (rapid-reset defence).
+    #[arg(long, env = "STRAIT_H2_MAX_PENDING_ACCEPT_RESET_STREAMS", default_value_t = 20)]
+    pub max_pending_accept_reset_streams: usize,
+    /// Streams we reset because of peer errors before the connection is closed.
+    #[arg(long, env = "STRAIT_H2_MAX_LOCAL_ERROR_RESET_STREAMS", default_value_t = 256)]
+    pub max_local_error_reset_streams: usize,
+    /// Per-stream send buffer (bytes).
+    #[arg(long, env = "STRAIT_H2_MAX_SEND_BUF_SIZE", default_value_t = 256 * 1024)]
+    pub max_send_buf_size: usize,
+    #[arg(long, env = "STRAIT_H2_STREAM_WINDOW", default_value_t = 1024 * 1024)]
+    pub initial_stream_window_size: u32,
+    #[arg(long, env = "STRAIT_H2_CONNECTION_WINDOW", default_value_t = 4 * 1024 * 1024)]
+    pub initial_connection_window_size: u32,
+    /// HTTP/2 PING interval on idle-looking connections.
+    #[arg(long, env = "STRAIT_H2_KEEPALIVE_INTERVAL", default_value = "20s", value_parser = parse_duration)]
+    pub keep_alive_interval: Duration,
+    #[arg(long, env = "STRAIT_H2_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub keep_alive_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("--config-dir {0}: not a readable directory")]
+    ConfigDir(String),
+    #[error("--{flag} and --{other} must differ (both {addr})")]
+    SameAddr { flag: &'static str, other: &'static str, addr: SocketAddr },
+    #[error("--namespace {0:?} is not a valid Kubernetes namespace name")]
+    Namespace(String),
+    #[error("--log-format must be plain or json, not {0:?}")]
+    LogFormat(String),
+    #[error("--{0} must be greater than zero")]
+    Zero(&'static str),
+}
+
+impl Args {
+    /// Checks everything that can be checked before binding a port.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.config_dir.is_dir() || std::fs::read_dir(&self.config_dir).is_err() {
+            return Err(ConfigError::ConfigDir(self.config_dir.display().to_string()));
+        }
+        let addrs = [
+            ("outbound-addr", self.outbound_addr),
+            ("inbound-addr", self.inbound_addr),
+            ("admin-addr", self.admin_addr),
+        ];
+        for (i, (flag, addr)) in addrs.iter().enumerate() {
+            for (other, addr2) in &addrs[i + 1..] {
+                if addr == addr2 && addr.port() != 0 {
+                    return Err(ConfigError::SameAddr { flag, other, addr: *addr });
+                }
+            }
+        }
+        let ns_ok = !self.namespace.is_empty()
+            && self.namespace.len() <= 63
+            && self.namespace.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !self.namespace.starts_with('-')
+            && !self.namespace.ends_with('-');
+        if !ns_ok {
+            return Err(ConfigError::Namespace(self.namespace.clone()));
+        }
+        if !matches!(self.log_format.as_str(), "plain" | "json") {
+            return Err(ConfigError::LogFormat(self.log_format.clone()));
+        }
+        if self.h2.max_concurrent_streams == 0 {
+            return Err(ConfigError::Zero("max-concurrent-streams"));
+        }
+        if self.config_poll.is_zero() {
+            return Err(ConfigError::Zero("config-poll"));
+        }
+        Ok(())
+    }
+}
+
+/// `250ms`, `10s`, `2m`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("invalid duration unit in {s:?} (use ms, s or m)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Result<Args, clap::Error> {
+        let dir = std::env::temp_dir();
+        let mut v = vec!["strait-proxy", "--config-dir", dir.to_str().unwrap_or("/tmp")];
+        v.extend_from_slice(extra);
+        Args::try_parse_from(v)
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("1h").is_err());
+        assert!(parse_duration("x").is_err());
+    }
+
+    #[test]
+    fn validation() {
+        assert_eq!(args(&["--namespace", "app"]).map(|a| a.validate()).ok(), Some(Ok(())));
+        let bad = [
+            (vec!["--namespace", "Bad_NS"], "namespace"),
+            (vec!["--outbound-addr", "127.0.0.1:15000"], "must differ"),
+            (vec!["--log-format", "xml"], "log-format"),
+            (vec!["--max-concurrent-streams", "0"], "greater than zero"),
+        ];
+        for (flags, want) in bad {
+            let err = args(&flags).expect("parses").validate().expect_err("invalid").to_string();
+            assert!(err.contains(want), "{flags:?}: {err}");
+        }
+        let missing = Args::try_parse_from(["strait-proxy", "--config-dir", "/nonexistent/dir"]).expect("parses");
+        assert!(matches!(missing.validate(), Err(ConfigError::ConfigDir(_))));
+        assert!(args(&["--outbound-addr", "not-an-addr"]).is_err());
+    }
+}

@@ -1,0 +1,137 @@
+//! Strait's sidecar proxy.
+//!
+//! The binary (`main.rs`) only parses flags and calls [`run`]. The request path lives
+//! in [`proxy`], connection handling in [`server`] and [`pool`], configuration sources
+//! in [`file_source`], and the admin endpoint in [`admin`].
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod body;
+pub mod config;
+pub mod file_source;
+pub mod grpc;
+pub mod pool;
+pub mod proxy;
+pub mod server;
+pub mod state;
+pub mod telemetry;
+
+use anyhow::Context;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Runs the proxy until SIGTERM/SIGINT, then drains. `args` must be validated.
+pub async fn run(args: config::Args) -> anyhow::Result<()> {
+    let metrics = telemetry::install().context("installing the metrics recorder")?;
+    let shared = state::SharedState::new();
+    let pool = pool::Pool::new(pool::ClientConfig { connect_timeout: args.connect_timeout, h2: args.h2.clone() });
+    let proxy = Arc::new(proxy::Proxy {
+        shared: shared.clone(),
+        pool: pool.clone(),
+        methods: telemetry::MethodTable::default(),
+        namespace: args.namespace.clone(),
+        cluster_domain: args.cluster_domain.clone(),
+        inbound_app_addr: args.inbound_app_addr,
+    });
+
+    // Bind everything first so a port conflict fails start-up, not a later request.
+    let outbound = TcpListener::bind(args.outbound_addr)
+        .await
+        .with_context(|| format!("binding --outbound-addr {}", args.outbound_addr))?;
+    let inbound = TcpListener::bind(args.inbound_addr)
+        .await
+        .with_context(|| format!("binding --inbound-addr {}", args.inbound_addr))?;
+    let admin = TcpListener::bind(args.admin_addr)
+        .await
+        .with_context(|| format!("binding --admin-addr {}", args.admin_addr))?;
+    let probe = match args.probe_addr {
+        Some(a) => Some(TcpListener::bind(a).await.with_context(|| format!("binding --probe-addr {a}"))?),
+        None => None,
+    };
+    tracing::info!(
+        outbound = %outbound.local_addr()?, inbound = %inbound.local_addr()?, admin = %admin.local_addr()?,
+        namespace = %args.namespace, config_dir = %args.config_dir.display(), "strait-proxy listening"
+    );
+
+    let source = file_source::FileSource::new(
+        args.config_dir.clone(),
+        args.namespace.clone(),
+        strait_routing::CompileOptions { require_reference_grants: args.require_reference_grants },
+    );
+    let upkeep_proxy = proxy.clone();
+    tokio::spawn(file_source::run(source, shared.clone(), args.config_poll, move || {
+        upkeep_proxy.pool.retain(&upkeep_proxy.live_endpoints());
+        metrics::gauge!("strait_config_generation").set(upkeep_proxy.shared.load().version as f64);
+    }));
+    let upkeep = metrics.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+
+    let admin_state = admin::AdminState { shared: shared.clone(), proxy: proxy.clone(), metrics };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let admin_router = admin::router(admin_state.clone());
+    let mut admin_stop = stop_rx.clone();
+    tokio::spawn(async move {
+        let serve = axum::serve(admin, admin_router).with_graceful_shutdown(async move {
+            let _ = admin_stop.changed().await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "admin server failed");
+        }
+    });
+    if let Some(probe) = probe {
+        let router = admin::probe_router(admin_state);
+        let mut probe_stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let serve = axum::serve(probe, router).with_graceful_shutdown(async move {
+                let _ = probe_stop.changed().await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "probe server failed");
+            }
+        });
+    }
+
+    let out_proxy = proxy.clone();
+    let outbound_task = tokio::spawn(server::serve_h2(
+        "outbound",
+        outbound,
+        args.h2.clone(),
+        move |req| out_proxy.clone().outbound(req),
+        stop_rx.clone(),
+        args.drain_timeout,
+    ));
+    let in_proxy = proxy.clone();
+    let inbound_task = tokio::spawn(server::serve_h2(
+        "inbound",
+        inbound,
+        args.h2.clone(),
+        move |req| in_proxy.clone().inbound(req),
+        stop_rx.clone(),
+        args.drain_timeout,
+    ));
+
+    shutdown_signal().await?;
+    tracing::info!("shutdown signal received: refusing new connections, draining");
+    let _ = stop_tx.send(true);
+    let _ = tokio::join!(outbound_task, inbound_task);
+    tracing::info!("strait-proxy stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,20 @@
+//! `strait-proxy`: parse and validate flags, set up logging, run.
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+use strait_proxy::config::Args;
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    args.validate()?;
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .map_err(|e| anyhow::anyhow!("--log-level {:?}: {e}", args.log_level))?;
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if args.log_format == "json" {
+        fmt.json().init();
+    } else {
+        fmt.init();
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(strait_proxy::run(args))
+}

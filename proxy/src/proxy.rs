@@ -1,0 +1,374 @@
+//! The request path: route, filter, balance and forward one request.
+use crate::body::{self, ObservedBody, Outcome, ProxyBody, RequestBody};
+use crate::grpc::{self, Code};
+use crate::pool::{Pool, Upstream};
+use crate::state::SharedState;
+use crate::telemetry::{self, CallMetrics, MethodTable, RouteLabels, Side};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+use strait_routing::{Backend, BackendTarget, LookupError, RequestView, RoutingState, Rule, parse_authority};
+
+/// Attempts per request when connecting fails before the request was sent: a request
+/// that never reached a backend is safe to send elsewhere.
+const MAX_CONNECT_ATTEMPTS: usize = 3;
+
+pub struct Proxy {
+    pub shared: Arc<SharedState>,
+    pub pool: Arc<Pool>,
+    pub methods: MethodTable,
+    pub namespace: String,
+    pub cluster_domain: String,
+    pub inbound_app_addr: SocketAddr,
+}
+
+/// Why the proxy answered a request itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: Code,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+fn refuse(code: Code, reason: &'static str, message: impl Into<String>) -> Refusal {
+    Refusal { code, reason, message: message.into() }
+}
+
+/// Where routing sent a request.
+pub struct Routed {
+    pub rule: Arc<Rule>,
+    pub backend: usize,
+    pub parent: String,
+}
+
+impl Routed {
+    pub fn backend(&self) -> &Backend {
+        &self.rule.backends[self.backend]
+    }
+}
+
+impl Proxy {
+    /// Routes a request by authority, path and headers; pure apart from the random draw.
+    pub fn route(
+        &self,
+        state: &RoutingState,
+        authority: Option<&str>,
+        req: &RequestView<'_>,
+        random: u64,
+    ) -> Result<Routed, Refusal> {
+        let authority = authority
+            .ok_or_else(|| refuse(Code::Unavailable, "no_authority", "request has no :authority naming a Service"))?;
+        let dest = parse_authority(authority, &self.namespace, &self.cluster_domain)
+            .map_err(|e| refuse(Code::Unavailable, "bad_authority", e.to_string()))?;
+        let port = state.lookup(&dest).map_err(|e| {
+            let reason = match e {
+                LookupError::UnknownService(_) => "unknown_service",
+                LookupError::UnknownPort { .. } => "unknown_port",
+                LookupError::AmbiguousPort(_) => "ambiguous_port",
+            };
+            refuse(Code::Unavailable, reason, e.to_string())
+        })?;
+        let parent = format!("{}/{}:{}", dest.namespace, dest.name, port.port);
+        let table = port.table_for(&self.namespace);
+        let entry = table.route(req).ok_or_else(|| {
+            refuse(Code::Unimplemented, "no_route", format!("no GRPCRoute rule for {parent} matches {}", req.path))
+        })?;
+        let rule = entry.rule.clone();
+        let backend = rule.pick_backend_index(random).ok_or_else(|| {
+            refuse(
+                Code::Unavailable,
+                "no_backend",
+                format!("rule {} of {parent} has no backend with weight", describe_rule(&rule)),
+            )
+        })?;
+        Ok(Routed { rule, backend, parent })
+    }
+
+    pub async fn outbound(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+        let is_grpc = grpc::is_grpc(req.headers());
+        let mut call = CallMetrics::start(Side::Outbound, self.methods.get(req.uri().path()));
+        let generation = self.shared.load();
+        let authority = request_authority(&req);
+        let routed = {
+            let view = RequestView { path: req.uri().path(), headers: req.headers() };
+            self.route(&generation.routing, authority.as_deref(), &view, fastrand::u64(..))
+        };
+        let routed = match routed {
+            Ok(r) => r,
+            Err(refusal) => return Ok(self.refused(Side::Outbound, is_grpc, call, refusal)),
+        };
+        let backend = routed.backend();
+        call.set_route(route_labels(&routed));
+        let (mut parts, incoming) = req.into_parts();
+        if let Some(f) = &routed.rule.request_header_modifier {
+            f.apply(&mut parts.headers);
+        }
+        if let Some(f) = &backend.request_header_modifier {
+            f.apply(&mut parts.headers);
+        }
+        let endpoints = match &backend.target {
+            BackendTarget::Endpoints(set) => set.clone(),
+            BackendTarget::Unavailable { reason } => {
+                let msg = format!("backend {}:{} is unavailable: {reason}", backend.service, backend.port);
+                return Ok(self.refused(
+                    Side::Outbound,
+                    is_grpc,
+                    call,
+                    refuse(Code::Unavailable, "backend_unresolved", msg),
+                ));
+            }
+        };
+        if let Err(uri_err) = absolute_uri(&mut parts.uri, authority.as_deref()) {
+            return Ok(self.refused(Side::Outbound, is_grpc, call, refuse(Code::Internal, "bad_uri", uri_err)));
+        }
+        let request_messages = Arc::new(AtomicU32::new(0));
+        let mut body = RequestBody::new(incoming, request_messages.clone());
+        for mirror in routed.rule.mirrors.iter().chain(backend.mirrors.iter()) {
+            if mirror.should_mirror(fastrand::u32(..))
+                && let Some(set) = mirror.backend.endpoints()
+                    && let Some(u) = self.pool.pick(set, None) {
+                        let copy = body.add_mirror();
+                        let mut req = Request::from_parts(clone_parts(&parts), body::boxed(copy));
+                        *req.version_mut() = http::Version::HTTP_2;
+                        tokio::spawn(send_mirror(self.pool.clone(), u, req));
+                    }
+        }
+        let deadline = parts.headers.get("grpc-timeout").and_then(grpc::parse_timeout);
+        let req = Request::from_parts(parts, body::boxed(body));
+        let response_filters = (routed.rule.response_header_modifier.clone(), backend.response_header_modifier.clone());
+        let forwarded = self.forward(Side::Outbound, req, &endpoints, deadline, is_grpc).await;
+        match forwarded {
+            Ok((mut resp, guard)) => {
+                if let Some(f) = &response_filters.0 {
+                    f.apply(resp.headers_mut());
+                }
+                if let Some(f) = &response_filters.1 {
+                    f.apply(resp.headers_mut());
+                }
+                Ok(observe(resp, call, request_messages, guard))
+            }
+            Err(refusal) => Ok(self.refused(Side::Outbound, is_grpc, call, refusal)),
+        }
+    }
+
+    pub async fn inbound(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+        let is_grpc = grpc::is_grpc(req.headers());
+        let call = CallMetrics::start(Side::Inbound, self.methods.get(req.uri().path()));
+        let authority = request_authority(&req);
+        let (mut parts, incoming) = req.into_parts();
+        if let Err(e) = absolute_uri(&mut parts.uri, authority.as_deref().or(Some("localhost"))) {
+            return Ok(self.refused(Side::Inbound, is_grpc, call, refuse(Code::Internal, "bad_uri", e)));
+        }
+        let deadline = parts.headers.get("grpc-timeout").and_then(grpc::parse_timeout);
+        let request_messages = Arc::new(AtomicU32::new(0));
+        let req = Request::from_parts(parts, body::boxed(RequestBody::new(incoming, request_messages.clone())));
+        let app = strait_routing::EndpointSet {
+            endpoints: vec![strait_routing::Endpoint {
+                addr: self.inbound_app_addr,
+                ready: true,
+                serving: true,
+                terminating: false,
+                target: None,
+            }],
+        };
+        match self.forward(Side::Inbound, req, &app, deadline, is_grpc).await {
+            Ok((resp, guard)) => Ok(observe(resp, call, request_messages, guard)),
+            Err(refusal) => Ok(self.refused(Side::Inbound, is_grpc, call, refusal)),
+        }
+    }
+
+    /// Sends to one endpoint of `endpoints`, moving on to another when connecting fails
+    /// (the request has not left the proxy then, so this never duplicates a call).
+    async fn forward(
+        &self,
+        side: Side,
+        mut req: Request<ProxyBody>,
+        endpoints: &strait_routing::EndpointSet,
+        deadline: Option<Duration>,
+        is_grpc: bool,
+    ) -> Result<(Response<Incoming>, crate::pool::PendingGuard), Refusal> {
+        let _ = is_grpc;
+        let started = Instant::now();
+        let mut exclude = None;
+        let mut last_error = String::from("no endpoints");
+        for _attempt in 0..MAX_CONNECT_ATTEMPTS {
+            let Some(upstream) = self.pool.pick(endpoints, exclude) else {
+                break;
+            };
+            let guard = self.pool.start_request(&upstream);
+            let mut sender = match self.pool.sender(&upstream).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(endpoint = %upstream.addr, error = %e, "connect failed; endpoint backed off");
+                    self.pool.mark_failed(&upstream);
+                    last_error = e.to_string();
+                    exclude = Some(upstream.addr);
+                    continue;
+                }
+            };
+            // Latency samples exclude connection setup: they measure the endpoint.
+            let sent_at = Instant::now();
+            let sent = sender.try_send_request(req);
+            let result = match deadline {
+                Some(d) => match tokio::time::timeout(d.saturating_sub(started.elapsed()), sent).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        return Err(refuse(
+                            Code::DeadlineExceeded,
+                            "deadline",
+                            format!("no response from {} within grpc-timeout {d:?}", upstream.addr),
+                        ));
+                    }
+                },
+                None => sent.await,
+            };
+            match result {
+                Ok(resp) => {
+                    self.pool.observe_rtt(&upstream, sent_at.elapsed());
+                    return Ok((resp, guard));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => {
+                        // The connection died before our request was written.
+                        self.pool.mark_failed(&upstream);
+                        last_error = format!("{}: {}", upstream.addr, e.error());
+                        exclude = Some(upstream.addr);
+                        req = unsent;
+                    }
+                    None => {
+                        let err = e.into_error();
+                        let msg = format!("upstream {} failed: {err}", upstream.addr);
+                        tracing::debug!(error = %msg, "forward failed");
+                        return Err(refuse(Code::Unavailable, "upstream_error", msg));
+                    }
+                },
+            }
+        }
+        let what = match side {
+            Side::Outbound => "no reachable endpoint",
+            Side::Inbound => "application unreachable",
+        };
+        Err(refuse(Code::Unavailable, "no_endpoint", format!("{what}: {last_error}")))
+    }
+
+    fn refused(&self, side: Side, is_grpc: bool, call: CallMetrics, r: Refusal) -> Response<ProxyBody> {
+        tracing::debug!(reason = r.reason, code = r.code as u8, message = %r.message, "request refused by proxy");
+        telemetry::proxy_error(side, r.reason);
+        call.finish(Outcome { grpc_status: Some(r.code as u32), response_messages: 0, completed: true }, 0);
+        grpc::error_response(is_grpc, r.code, &r.message)
+    }
+
+    /// Every endpoint address the current tables can send to (connection pool upkeep).
+    pub fn live_endpoints(&self) -> HashSet<SocketAddr> {
+        let g = self.shared.load();
+        let mut live = HashSet::new();
+        live.insert(self.inbound_app_addr);
+        for svc in g.routing.services.values() {
+            for port in &svc.ports {
+                for table in std::iter::once(&port.producer).chain(port.consumers.values()) {
+                    for e in &table.entries {
+                        let backends = e.rule.backends.iter().chain(e.rule.mirrors.iter().map(|m| &m.backend));
+                        for b in backends {
+                            for ep in b.endpoints().map(|s| s.endpoints.as_slice()).unwrap_or(&[]) {
+                                live.insert(ep.addr);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        live
+    }
+}
+
+fn observe(
+    resp: Response<Incoming>,
+    call: CallMetrics,
+    request_messages: Arc<AtomicU32>,
+    guard: crate::pool::PendingGuard,
+) -> Response<ProxyBody> {
+    let headers_status = grpc::status_of(resp.headers());
+    let (parts, incoming) = resp.into_parts();
+    let body = ObservedBody::new(
+        incoming,
+        headers_status,
+        Box::new(move |outcome| {
+            drop(guard);
+            call.finish(outcome, request_messages.load(Ordering::Relaxed));
+        }),
+    );
+    Response::from_parts(parts, body::boxed(body))
+}
+
+async fn send_mirror(pool: Arc<Pool>, upstream: Arc<Upstream>, req: Request<ProxyBody>) {
+    let _guard = pool.start_request(&upstream);
+    let mut sender = match pool.sender(&upstream).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(error = %e, "mirror connect failed");
+            return;
+        }
+    };
+    match sender.send_request(req).await {
+        // The mirror's response is read and dropped so its stream completes cleanly.
+        Ok(resp) => {
+            let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+        }
+        Err(e) => tracing::debug!(error = %e, "mirror request failed"),
+    }
+}
+
+fn request_authority<B>(req: &Request<B>) -> Option<String> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+}
+
+/// The HTTP/2 client needs scheme and authority on the URI.
+fn absolute_uri(uri: &mut Uri, authority: Option<&str>) -> Result<(), String> {
+    if uri.scheme().is_some() && uri.authority().is_some() {
+        return Ok(());
+    }
+    let authority = authority.ok_or("request has no authority")?;
+    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    *uri = Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(pq)
+        .build()
+        .map_err(|e| format!("invalid request URI: {e}"))?;
+    Ok(())
+}
+
+fn clone_parts(p: &http::request::Parts) -> http::request::Parts {
+    let mut req = Request::new(());
+    *req.method_mut() = p.method.clone();
+    *req.uri_mut() = p.uri.clone();
+    *req.headers_mut() = p.headers.clone();
+    *req.version_mut() = p.version;
+    req.into_parts().0
+}
+
+pub fn describe_rule(rule: &Rule) -> String {
+    match (&rule.route, &rule.rule_name) {
+        (None, _) => "default".into(),
+        (Some(r), Some(name)) => format!("{r}#{name}"),
+        (Some(r), None) => format!("{r}#{}", rule.rule_index),
+    }
+}
+
+fn route_labels(r: &Routed) -> RouteLabels {
+    let b = r.backend();
+    RouteLabels {
+        parent: r.parent.clone().into(),
+        route: r.rule.route.as_ref().map_or_else(|| "default".to_owned(), |x| x.to_string()).into(),
+        rule: r.rule.rule_name.clone().unwrap_or_else(|| r.rule.rule_index.to_string()).into(),
+        backend: format!("{}:{}", b.service, b.port).into(),
+    }
+}
