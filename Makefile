@@ -36,3 +36,16 @@ fmt:
 
 clean:
 	$(CARGO) clean
+
+# --- Test control plane (crates/strait-testenv) ---
+# tools:   build kube-apiserver + etcd from tools/ into $(TOOLS_BIN)/<key>/ (no-op when
+#          up to date); `scripts/build-kube-tools.sh --print-dir|--print-crd-dir|--env`.
+# cluster: run a real etcd + kube-apiserver (+ Gateway API CRDs) until Ctrl-C; prints
+#          `export KUBECONFIG=...`.
+.PHONY: cluster
+
+tools:
+	STRAIT_CACHE="$(STRAIT_CACHE)" ./scripts/build-kube-tools.sh
+
+cluster: tools
+	STRAIT_CACHE="$(STRAIT_CACHE)" $(CARGO) run -p strait-testenv --bin strait-testenv

@@ -86,7 +86,8 @@ async fn query(State(s): State<AdminState>, RawQuery(q): RawQuery) -> Response {
     let port = match g.routing.lookup(&dest) {
         Ok(p) => p,
         Err(e) => {
-            return Json(json!({"destination": dest, "result": "UNAVAILABLE", "reason": e.to_string()})).into_response();
+            return Json(json!({"destination": dest, "result": "UNAVAILABLE", "reason": e.to_string()}))
+                .into_response();
         }
     };
     let table = port.table_for(&namespace);

@@ -86,9 +86,10 @@ where
                 if let Some(data) = frame.data_ref() {
                     this.counter.observe(data);
                 } else if let Some(trailers) = frame.trailers_ref()
-                    && let Some(code) = grpc::status_of(trailers) {
-                        *this.grpc_status = Some(code);
-                    }
+                    && let Some(code) = grpc::status_of(trailers)
+                {
+                    *this.grpc_status = Some(code);
+                }
             }
             Poll::Ready(None) => {
                 if let Some(f) = this.on_complete.take() {

@@ -12,9 +12,16 @@ use std::time::Duration;
     about = "Strait sidecar proxy: GAMMA GRPCRoute routing for a pod's gRPC traffic"
 )]
 pub struct Args {
-    /// Directory of Kubernetes YAML (Services, EndpointSlices, GRPCRoutes, ReferenceGrants).
+    /// File mode: a directory of Kubernetes YAML (Services, EndpointSlices, GRPCRoutes,
+    /// ReferenceGrants). Without it the proxy watches the Kubernetes API (in-cluster
+    /// service account, or KUBECONFIG).
     #[arg(long, env = "STRAIT_CONFIG_DIR")]
-    pub config_dir: PathBuf,
+    pub config_dir: Option<PathBuf>,
+
+    /// Kubernetes mode: drop a Service's EndpointSlice watch after this long without
+    /// traffic to it.
+    #[arg(long, env = "STRAIT_ENDPOINT_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub endpoint_idle_timeout: Duration,
 
     /// Where the pod's outbound traffic arrives (h2c; the destination is `:authority`).
     #[arg(long, env = "STRAIT_OUTBOUND_ADDR", default_value = "127.0.0.1:15001")]
@@ -120,8 +127,10 @@ pub enum ConfigError {
 impl Args {
     /// Checks everything that can be checked before binding a port.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !self.config_dir.is_dir() || std::fs::read_dir(&self.config_dir).is_err() {
-            return Err(ConfigError::ConfigDir(self.config_dir.display().to_string()));
+        if let Some(dir) = &self.config_dir
+            && (!dir.is_dir() || std::fs::read_dir(dir).is_err())
+        {
+            return Err(ConfigError::ConfigDir(dir.display().to_string()));
         }
         let addrs = [
             ("outbound-addr", self.outbound_addr),

@@ -10,6 +10,7 @@ pub mod body;
 pub mod config;
 pub mod file_source;
 pub mod grpc;
+pub mod kube_source;
 pub mod pool;
 pub mod proxy;
 pub mod server;
@@ -25,9 +26,22 @@ use tokio::sync::watch;
 pub async fn run(args: config::Args) -> anyhow::Result<()> {
     let metrics = telemetry::install().context("installing the metrics recorder")?;
     let shared = state::SharedState::new();
+    let compile_options = strait_routing::CompileOptions { require_reference_grants: args.require_reference_grants };
+    // Kubernetes mode needs a client config; find it before binding any port.
+    let kube = match &args.config_dir {
+        Some(_) => None,
+        None => {
+            let client = kube::Client::try_default().await.context(
+                "no --config-dir given, so Kubernetes mode: but no Kubernetes client configuration was found \
+                 (in-cluster service account or KUBECONFIG)",
+            )?;
+            Some(kube_source::KubeSource::new(client, compile_options.clone()))
+        }
+    };
     let pool = pool::Pool::new(pool::ClientConfig { connect_timeout: args.connect_timeout, h2: args.h2.clone() });
     let proxy = Arc::new(proxy::Proxy {
         shared: shared.clone(),
+        demand: kube.clone(),
         pool: pool.clone(),
         methods: telemetry::MethodTable::default(),
         namespace: args.namespace.clone(),
@@ -51,19 +65,26 @@ pub async fn run(args: config::Args) -> anyhow::Result<()> {
     };
     tracing::info!(
         outbound = %outbound.local_addr()?, inbound = %inbound.local_addr()?, admin = %admin.local_addr()?,
-        namespace = %args.namespace, config_dir = %args.config_dir.display(), "strait-proxy listening"
+        namespace = %args.namespace,
+        source = %args.config_dir.as_ref().map_or_else(|| "kubernetes".to_owned(), |d| d.display().to_string()),
+        "strait-proxy listening"
     );
 
-    let source = file_source::FileSource::new(
-        args.config_dir.clone(),
-        args.namespace.clone(),
-        strait_routing::CompileOptions { require_reference_grants: args.require_reference_grants },
-    );
     let upkeep_proxy = proxy.clone();
-    tokio::spawn(file_source::run(source, shared.clone(), args.config_poll, move || {
+    let on_publish = move || {
         upkeep_proxy.pool.retain(&upkeep_proxy.live_endpoints());
         metrics::gauge!("strait_config_generation").set(upkeep_proxy.shared.load().version as f64);
-    }));
+    };
+    match (&args.config_dir, kube) {
+        (Some(dir), _) => {
+            let source = file_source::FileSource::new(dir.clone(), args.namespace.clone(), compile_options);
+            tokio::spawn(file_source::run(source, shared.clone(), args.config_poll, on_publish));
+        }
+        (None, Some(kube)) => {
+            tokio::spawn(kube.run(shared.clone(), args.endpoint_idle_timeout, on_publish));
+        }
+        (None, None) => anyhow::bail!("no configuration source"),
+    }
     let upkeep = metrics.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));

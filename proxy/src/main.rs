@@ -5,6 +5,8 @@ use clap::Parser;
 use strait_proxy::config::Args;
 
 fn main() -> anyhow::Result<()> {
+    // One TLS crypto provider for the process (kube's client uses rustls).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
     args.validate()?;
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)

@@ -88,9 +88,10 @@ impl Pool {
 
     pub fn upstream(&self, addr: SocketAddr) -> Arc<Upstream> {
         if let Ok(map) = self.upstreams.read()
-            && let Some(u) = map.get(&addr) {
-                return u.clone();
-            }
+            && let Some(u) = map.get(&addr)
+        {
+            return u.clone();
+        }
         let fresh = || {
             Arc::new(Upstream {
                 addr,
@@ -226,14 +227,16 @@ impl Pool {
     /// The endpoint's HTTP/2 connection, established on first use.
     pub async fn sender(&self, u: &Upstream) -> Result<SendRequest<ProxyBody>, ConnectError> {
         if let Some(s) = u.sender.load_full()
-            && !s.is_closed() {
-                return Ok((*s).clone());
-            }
+            && !s.is_closed()
+        {
+            return Ok((*s).clone());
+        }
         let _connecting = u.connecting.lock().await;
         if let Some(s) = u.sender.load_full()
-            && !s.is_closed() {
-                return Ok((*s).clone());
-            }
+            && !s.is_closed()
+        {
+            return Ok((*s).clone());
+        }
         let addr = u.addr;
         let timeout = self.config.connect_timeout;
         let tcp = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {

@@ -12,7 +12,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
-use strait_routing::{Backend, BackendTarget, LookupError, RequestView, RoutingState, Rule, parse_authority};
+use strait_routing::{
+    Backend, BackendTarget, LookupError, RequestView, RoutingState, Rule, ServiceKey, parse_authority,
+};
 
 /// Attempts per request when connecting fails before the request was sent: a request
 /// that never reached a backend is safe to send elsewhere.
@@ -20,6 +22,8 @@ const MAX_CONNECT_ATTEMPTS: usize = 3;
 
 pub struct Proxy {
     pub shared: Arc<SharedState>,
+    /// Kubernetes mode: endpoints are watched on demand, per Service called.
+    pub demand: Option<Arc<crate::kube_source::KubeSource>>,
     pub pool: Arc<Pool>,
     pub methods: MethodTable,
     pub namespace: String,
@@ -44,9 +48,22 @@ pub struct Routed {
     pub rule: Arc<Rule>,
     pub backend: usize,
     pub parent: String,
+    pub parent_key: ServiceKey,
 }
 
 impl Routed {
+    /// Services whose endpoints this rule can send to (backends and mirrors).
+    pub fn services(&self) -> Vec<ServiceKey> {
+        let mut keys: Vec<ServiceKey> = Vec::new();
+        let mirrors = self.rule.mirrors.iter().chain(self.rule.backends.iter().flat_map(|b| b.mirrors.iter()));
+        for b in self.rule.backends.iter().chain(mirrors.map(|m| &m.backend)) {
+            if b.endpoints().is_some() && !keys.contains(&b.service) {
+                keys.push(b.service.clone());
+            }
+        }
+        keys
+    }
+
     pub fn backend(&self) -> &Backend {
         &self.rule.backends[self.backend]
     }
@@ -86,18 +103,27 @@ impl Proxy {
                 format!("rule {} of {parent} has no backend with weight", describe_rule(&rule)),
             )
         })?;
-        Ok(Routed { rule, backend, parent })
+        Ok(Routed { rule, backend, parent, parent_key: ServiceKey::new(dest.namespace, dest.name) })
     }
 
     pub async fn outbound(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
         let is_grpc = grpc::is_grpc(req.headers());
         let mut call = CallMetrics::start(Side::Outbound, self.methods.get(req.uri().path()));
-        let generation = self.shared.load();
         let authority = request_authority(&req);
-        let routed = {
+        let route_now = |generation: &crate::state::Generation| {
             let view = RequestView { path: req.uri().path(), headers: req.headers() };
             self.route(&generation.routing, authority.as_deref(), &view, fastrand::u64(..))
         };
+        let mut routed = route_now(&self.shared.load());
+        if let (Some(kube), Ok(r)) = (&self.demand, &routed) {
+            // First call to these Services from this pod: watch their endpoints, wait
+            // for the list, then route on the state that includes them.
+            let keys = r.services();
+            if !kube.endpoints_ready(&keys.iter().collect::<Vec<_>>()) {
+                kube.demand(&keys, &self.shared).await;
+                routed = route_now(&self.shared.load());
+            }
+        }
         let routed = match routed {
             Ok(r) => r,
             Err(refusal) => return Ok(self.refused(Side::Outbound, is_grpc, call, refusal)),
@@ -131,12 +157,13 @@ impl Proxy {
         for mirror in routed.rule.mirrors.iter().chain(backend.mirrors.iter()) {
             if mirror.should_mirror(fastrand::u32(..))
                 && let Some(set) = mirror.backend.endpoints()
-                    && let Some(u) = self.pool.pick(set, None) {
-                        let copy = body.add_mirror();
-                        let mut req = Request::from_parts(clone_parts(&parts), body::boxed(copy));
-                        *req.version_mut() = http::Version::HTTP_2;
-                        tokio::spawn(send_mirror(self.pool.clone(), u, req));
-                    }
+                && let Some(u) = self.pool.pick(set, None)
+            {
+                let copy = body.add_mirror();
+                let mut req = Request::from_parts(clone_parts(&parts), body::boxed(copy));
+                *req.version_mut() = http::Version::HTTP_2;
+                tokio::spawn(send_mirror(self.pool.clone(), u, req));
+            }
         }
         let deadline = parts.headers.get("grpc-timeout").and_then(grpc::parse_timeout);
         let req = Request::from_parts(parts, body::boxed(body));

@@ -76,9 +76,10 @@ pub struct MethodTable {
 impl MethodTable {
     pub fn get(&self, path: &str) -> Arc<MethodInfo> {
         if let Ok(map) = self.methods.read()
-            && let Some(info) = map.get(path) {
-                return info.clone();
-            }
+            && let Some(info) = map.get(path)
+        {
+            return info.clone();
+        }
         let (service, method) = match strait_routing::RequestView::grpc_method(&strait_routing::RequestView {
             path,
             headers: &http::HeaderMap::new(),

@@ -136,12 +136,6 @@ pub fn compile(snap: &Snapshot<'_>, opts: &CompileOptions) -> RoutingState {
         let mut parents = Vec::new();
         for parent in service_parents {
             let ns = parent.namespace.clone().unwrap_or_else(|| key.namespace.clone());
-            let parent_ref = ParentReference {
-                group: Some(String::new()),
-                kind: Some("Service".into()),
-                namespace: Some(ns.clone()),
-                ..parent.clone()
-            };
             let bound = bind_parent(&ctx, &ServiceKey::new(ns.clone(), parent.name.clone()), parent);
             let accepted = match (&result, &bound) {
                 (Err(msg), _) => Condition::failed("UnsupportedValue", msg.clone()),
@@ -156,7 +150,12 @@ pub fn compile(snap: &Snapshot<'_>, opts: &CompileOptions) -> RoutingState {
                     }
                 }
             }
-            parents.push(ParentStatus { parent_ref, accepted, resolved_refs: resolved.clone() });
+            parents.push(ParentStatus {
+                parent_ref: (*parent).clone(),
+                service: ServiceKey::new(ns.clone(), parent.name.clone()),
+                accepted,
+                resolved_refs: resolved.clone(),
+            });
         }
         statuses.push(RouteStatus { route: key.clone(), generation: route.metadata.generation, parents });
         compiled.push(CompiledRoute {
@@ -303,13 +302,15 @@ fn compile_match(m: &GrpcRouteMatch) -> Result<RequestMatcher, String> {
             match mm.match_type.as_deref().unwrap_or("Exact") {
                 "Exact" => {
                     if let Some(s) = &service
-                        && s.contains('/') {
-                            return Err(format!("service {s:?} must not contain '/'"));
-                        }
+                        && s.contains('/')
+                    {
+                        return Err(format!("service {s:?} must not contain '/'"));
+                    }
                     if let Some(m) = &method
-                        && m.contains('/') {
-                            return Err(format!("method {m:?} must not contain '/'"));
-                        }
+                        && m.contains('/')
+                    {
+                        return Err(format!("method {m:?} must not contain '/'"));
+                    }
                     MethodMatcher::Exact { service, method }
                 }
                 "RegularExpression" => MethodMatcher::RegularExpression {

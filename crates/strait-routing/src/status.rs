@@ -24,8 +24,10 @@ impl Condition {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ParentStatus {
-    /// The parentRef as written, with group/kind/namespace defaulted.
+    /// The parentRef exactly as written in the spec (status must echo it).
     pub parent_ref: ParentReference,
+    /// The Service it names (namespace defaulted to the route's).
+    pub service: crate::model::ServiceKey,
     pub accepted: Condition,
     pub resolved_refs: Condition,
 }

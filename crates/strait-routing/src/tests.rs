@@ -283,12 +283,13 @@ fn parent_refs_bind_only_services_with_port_and_section() {
     assert_eq!(port.producer.origin, TableOrigin::ServiceDefault);
     let multi = s.lookup(&parse_authority("multi:9000", APP, "cluster.local").expect("a")).expect("p");
     assert_eq!(multi.producer.origin, TableOrigin::Producer);
-    // The defaulted parentRef is reported back.
-    let pr = &status(&s, APP, "section").parents[0].parent_ref;
+    // The parentRef is echoed as written, with the Service it resolved to.
+    let ps = &status(&s, APP, "section").parents[0];
     assert_eq!(
-        (pr.group.as_deref(), pr.kind.as_deref(), pr.namespace.as_deref()),
-        (Some(""), Some("Service"), Some(APP))
+        (ps.parent_ref.group.as_deref(), ps.parent_ref.namespace.as_deref(), ps.parent_ref.section_name.as_deref()),
+        (Some(""), None, Some("a"))
     );
+    assert_eq!(ps.service, ServiceKey::new(APP, "multi"));
 }
 
 #[test]

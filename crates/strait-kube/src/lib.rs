@@ -1,0 +1,284 @@
+//! Kubernetes I/O shared by Strait's binaries: watches kept as caches of stripped
+//! objects (with atomic relists), lenient conversion of Gateway API objects, and
+//! Lease-based leader election.
+#![forbid(unsafe_code)]
+
+pub mod lease;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Resource;
+use kube::api::{Api, DynamicObject};
+use kube::core::ApiResource;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+use strait_api::{GrpcRoute, ReferenceGrant};
+use tokio::sync::{Notify, watch};
+
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// `(namespace, name)`.
+pub type ObjKey = (String, String);
+
+/// The current objects of one watch, replaced whole on relist.
+pub struct Cache<T> {
+    items: RwLock<BTreeMap<ObjKey, Arc<T>>>,
+    synced: watch::Sender<bool>,
+}
+
+impl<T> Cache<T> {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Cache { items: RwLock::new(BTreeMap::new()), synced: watch::channel(false).0 })
+    }
+
+    pub fn values(&self) -> Vec<Arc<T>> {
+        self.items.read().map(|m| m.values().cloned().collect()).unwrap_or_default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.read().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn is_synced(&self) -> bool {
+        *self.synced.borrow()
+    }
+
+    pub async fn wait_synced(&self) {
+        let mut rx = self.synced.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+}
+
+/// Applies one watch stream to a cache, converting (and stripping) each object.
+pub async fn run_watch<K, T>(
+    what: &'static str,
+    api: Api<K>,
+    config: watcher::Config,
+    convert: fn(K) -> Option<T>,
+    cache: Arc<Cache<T>>,
+    changed: Arc<Notify>,
+) where
+    K: Resource + Clone + serde::de::DeserializeOwned + Debug + Send + 'static,
+{
+    let mut buffer: Option<BTreeMap<ObjKey, Arc<T>>> = None;
+    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+    let mut failing_since: Option<Instant> = None;
+    while let Some(event) = stream.next().await {
+        let event = match event {
+            Ok(e) => {
+                if let Some(since) = failing_since.take() {
+                    tracing::info!(watch = what, down_for = ?since.elapsed(), "watch recovered");
+                }
+                e
+            }
+            Err(e) => {
+                // Keep serving the last known state; the watcher backs off and retries.
+                if failing_since.is_none() {
+                    failing_since = Some(Instant::now());
+                    tracing::warn!(watch = what, error = %e, "watch failed; keeping last known state");
+                } else {
+                    tracing::debug!(watch = what, error = %e, "watch still failing");
+                }
+                continue;
+            }
+        };
+        let key_of =
+            |o: &K| (o.meta().namespace.clone().unwrap_or_default(), o.meta().name.clone().unwrap_or_default());
+        match event {
+            Event::Init => buffer = Some(BTreeMap::new()),
+            Event::InitApply(obj) => {
+                let key = key_of(&obj);
+                if let (Some(buf), Some(v)) = (buffer.as_mut(), convert(obj)) {
+                    buf.insert(key, Arc::new(v));
+                }
+            }
+            Event::InitDone => {
+                if let (Some(buf), Ok(mut items)) = (buffer.take(), cache.items.write()) {
+                    *items = buf;
+                }
+                cache.synced.send_replace(true);
+                tracing::debug!(watch = what, objects = cache.len(), "watch (re)listed");
+                changed.notify_one();
+            }
+            Event::Apply(obj) => {
+                let key = key_of(&obj);
+                if let Ok(mut items) = cache.items.write() {
+                    match convert(obj) {
+                        Some(v) => items.insert(key, Arc::new(v)),
+                        None => items.remove(&key),
+                    };
+                }
+                changed.notify_one();
+            }
+            Event::Delete(obj) => {
+                let key = key_of(&obj);
+                if let Ok(mut items) = cache.items.write() {
+                    items.remove(&key);
+                }
+                changed.notify_one();
+            }
+        }
+    }
+}
+
+/// Services keep only what routing reads: name, namespace, ports, ClusterIPs.
+pub fn strip_service(s: Service) -> Option<Service> {
+    let spec = s.spec.unwrap_or_default();
+    Some(Service {
+        metadata: ObjectMeta { name: s.metadata.name, namespace: s.metadata.namespace, ..ObjectMeta::default() },
+        spec: Some(ServiceSpec {
+            ports: spec.ports.map(|ps| {
+                ps.into_iter()
+                    .map(|p| ServicePort { name: p.name, port: p.port, protocol: p.protocol, ..ServicePort::default() })
+                    .collect()
+            }),
+            cluster_ip: spec.cluster_ip,
+            cluster_ips: spec.cluster_ips,
+            type_: spec.type_,
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// EndpointSlices keep the service-name label, addresses, conditions, target name, ports.
+pub fn strip_endpoint_slice(s: EndpointSlice) -> Option<EndpointSlice> {
+    let labels = s
+        .metadata
+        .labels
+        .and_then(|l| l.get(SERVICE_NAME_LABEL).map(|v| BTreeMap::from([(SERVICE_NAME_LABEL.to_owned(), v.clone())])));
+    Some(EndpointSlice {
+        metadata: ObjectMeta {
+            name: s.metadata.name,
+            namespace: s.metadata.namespace,
+            labels,
+            ..ObjectMeta::default()
+        },
+        address_type: s.address_type,
+        endpoints: s
+            .endpoints
+            .into_iter()
+            .map(|e| Endpoint {
+                addresses: e.addresses,
+                conditions: e.conditions.map(|c| EndpointConditions {
+                    ready: c.ready,
+                    serving: c.serving,
+                    terminating: c.terminating,
+                }),
+                target_ref: e
+                    .target_ref
+                    .map(|t| k8s_openapi::api::core::v1::ObjectReference { name: t.name, ..Default::default() }),
+                ..Endpoint::default()
+            })
+            .collect(),
+        ports: s.ports,
+    })
+}
+
+/// GRPCRoutes are read as untyped objects and converted leniently: the typed
+/// gateway-api enums are closed, and one route with a value they do not know must
+/// become that route's `UnsupportedValue`, not a failed list for every route.
+pub fn convert_route(o: DynamicObject) -> Option<GrpcRoute> {
+    let spec = o.data.get("spec").cloned().unwrap_or_default();
+    let spec = match serde_json::from_value(spec) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(route = ?o.metadata.name, namespace = ?o.metadata.namespace, error = %e, "GRPCRoute spec unreadable; ignored");
+            return None;
+        }
+    };
+    Some(GrpcRoute { metadata: keep_route_meta(o.metadata), spec })
+}
+
+pub fn convert_grant(o: DynamicObject) -> Option<ReferenceGrant> {
+    let spec = serde_json::from_value(o.data.get("spec").cloned().unwrap_or_default()).ok()?;
+    Some(ReferenceGrant { metadata: keep_route_meta(o.metadata), spec })
+}
+
+fn keep_route_meta(m: ObjectMeta) -> ObjectMeta {
+    ObjectMeta {
+        name: m.name,
+        namespace: m.namespace,
+        generation: m.generation,
+        creation_timestamp: m.creation_timestamp,
+        ..ObjectMeta::default()
+    }
+}
+
+/// The resource descriptions of the Gateway API kinds, from the gateway-api crate.
+pub fn grpcroute_resource() -> ApiResource {
+    ApiResource::erase::<gateway_api::grpcroutes::GrpcRoute>(&())
+}
+
+pub fn referencegrant_resource() -> ApiResource {
+    ApiResource::erase::<gateway_api::referencegrants::ReferenceGrant>(&())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stripping_keeps_what_routing_reads() {
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "a", "namespace": "n", "annotations": {"big": "x".repeat(1000)},
+                          "managedFields": [{"manager": "kubectl"}], "labels": {"app": "a"}},
+            "spec": {"ports": [{"name": "grpc", "port": 80, "targetPort": "grpc"}], "clusterIP": "10.96.0.1",
+                     "clusterIPs": ["10.96.0.1"], "selector": {"app": "a"}},
+        }))
+        .expect("service");
+        let s = strip_service(svc).expect("kept");
+        assert!(s.metadata.annotations.is_none() && s.metadata.managed_fields.is_none() && s.metadata.labels.is_none());
+        let spec = s.spec.expect("spec");
+        assert_eq!(spec.cluster_ip.as_deref(), Some("10.96.0.1"));
+        assert_eq!(spec.ports.expect("ports")[0].port, 80);
+        assert!(spec.selector.is_none());
+
+        let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "a-1", "namespace": "n", "labels": {"kubernetes.io/service-name": "a", "other": "x"},
+                          "managedFields": [{"manager": "kcm"}]},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": true}, "nodeName": "node-1",
+                           "targetRef": {"kind": "Pod", "name": "a-xyz", "uid": "u"}}],
+            "ports": [{"name": "grpc", "port": 8080}],
+        }))
+        .expect("slice");
+        let s = strip_endpoint_slice(slice).expect("kept");
+        assert_eq!(s.metadata.labels.as_ref().map(|l| l.len()), Some(1));
+        assert!(s.metadata.managed_fields.is_none());
+        assert!(s.endpoints[0].node_name.is_none());
+        assert_eq!(s.endpoints[0].target_ref.as_ref().and_then(|t| t.name.as_deref()), Some("a-xyz"));
+    }
+
+    #[test]
+    fn routes_convert_leniently() {
+        let obj: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+            "metadata": {"name": "r", "namespace": "n", "generation": 4, "managedFields": [{"manager": "x"}]},
+            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "a"}],
+                     "rules": [{"filters": [{"type": "SomeFutureFilter"}]}]},
+            "status": {"parents": []},
+        }))
+        .expect("object");
+        let r = convert_route(obj).expect("converted");
+        assert_eq!(r.metadata.generation, Some(4));
+        assert!(r.metadata.managed_fields.is_none());
+        assert_eq!(r.spec.rules[0].filters[0].filter_type, "SomeFutureFilter");
+        let bad: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+            "metadata": {"name": "r", "namespace": "n"}, "spec": {"rules": "not-a-list"},
+        }))
+        .expect("object");
+        assert!(convert_route(bad).is_none());
+    }
+}

@@ -1,0 +1,238 @@
+//! Kubernetes mode: routing state from watches on the API server.
+//!
+//! API-server load per sidecar: one watch each on Services, GRPCRoutes and
+//! ReferenceGrants (cluster-wide: any Service may be called and any namespace may hold
+//! consumer routes), plus one EndpointSlice watch per Service this pod actually sends
+//! to (label `kubernetes.io/service-name`), started on first use and dropped after
+//! `--endpoint-idle-timeout` without traffic. Objects are stripped at ingest to the
+//! fields routing reads, so memory follows what the pod needs, not the cluster's size.
+//!
+//! Each watch keeps its last complete state while the API server is unreachable
+//! (the watcher retries with backoff). A relist (410 Gone, reconnect) is buffered and
+//! swapped in whole at its end, so no intermediate empty set is ever published.
+use crate::state::SharedState;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Client;
+use kube::api::{Api, DynamicObject};
+use kube::runtime::watcher;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use strait_api::{GrpcRoute, ReferenceGrant};
+use strait_kube::{
+    Cache, SERVICE_NAME_LABEL, convert_grant, convert_route, grpcroute_resource, referencegrant_resource, run_watch,
+    strip_endpoint_slice, strip_service,
+};
+use strait_routing::{CompileOptions, ServiceKey, Snapshot, compile};
+use tokio::sync::Notify;
+
+/// Changes arriving within this window are compiled together.
+const DEBOUNCE: Duration = Duration::from_millis(5);
+
+struct SliceWatch {
+    cache: Arc<Cache<EndpointSlice>>,
+    task: tokio::task::AbortHandle,
+    last_used_ms: AtomicU64,
+}
+
+pub struct KubeSource {
+    client: Client,
+    services: Arc<Cache<Service>>,
+    routes: Arc<Cache<GrpcRoute>>,
+    grants: Arc<Cache<ReferenceGrant>>,
+    slices: RwLock<HashMap<ServiceKey, Arc<SliceWatch>>>,
+    changed: Arc<Notify>,
+    options: CompileOptions,
+    epoch: Instant,
+    /// How long a Service's first request waits for its endpoints to be listed.
+    pub demand_wait: Duration,
+}
+
+impl KubeSource {
+    pub fn new(client: Client, options: CompileOptions) -> Arc<Self> {
+        Arc::new(KubeSource {
+            client,
+            services: Cache::new(),
+            routes: Cache::new(),
+            grants: Cache::new(),
+            slices: RwLock::new(HashMap::new()),
+            changed: Arc::new(Notify::new()),
+            options,
+            epoch: Instant::now(),
+            demand_wait: Duration::from_secs(5),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Starts the cluster-wide watches.
+    pub fn start(self: &Arc<Self>) {
+        let c = self.client.clone();
+        tokio::spawn(run_watch(
+            "services",
+            Api::<Service>::all(c.clone()),
+            watcher::Config::default(),
+            strip_service,
+            self.services.clone(),
+            self.changed.clone(),
+        ));
+        tokio::spawn(run_watch(
+            "grpcroutes",
+            Api::<DynamicObject>::all_with(c.clone(), &grpcroute_resource()),
+            watcher::Config::default(),
+            convert_route,
+            self.routes.clone(),
+            self.changed.clone(),
+        ));
+        tokio::spawn(run_watch(
+            "referencegrants",
+            Api::<DynamicObject>::all_with(c, &referencegrant_resource()),
+            watcher::Config::default(),
+            convert_grant,
+            self.grants.clone(),
+            self.changed.clone(),
+        ));
+    }
+
+    /// True when every key's endpoints are watched and listed; marks them used.
+    pub fn endpoints_ready(&self, keys: &[&ServiceKey]) -> bool {
+        let now = self.now_ms();
+        let Ok(map) = self.slices.read() else { return false };
+        keys.iter().all(|k| match map.get(*k) {
+            Some(w) => {
+                w.last_used_ms.store(now, Ordering::Relaxed);
+                w.cache.is_synced()
+            }
+            None => false,
+        })
+    }
+
+    /// Starts EndpointSlice watches for `keys` not yet watched and waits (bounded)
+    /// until all are listed and compiled into the published state.
+    pub async fn demand(self: &Arc<Self>, keys: &[ServiceKey], shared: &SharedState) {
+        let mut waits = Vec::new();
+        let before = shared.load().version;
+        {
+            let Ok(mut map) = self.slices.write() else { return };
+            for key in keys {
+                let w = map.entry(key.clone()).or_insert_with(|| {
+                    tracing::debug!(service = %key, "watching endpoints on demand");
+                    let cache = Cache::new();
+                    let api = Api::<EndpointSlice>::namespaced(self.client.clone(), &key.namespace);
+                    let cfg = watcher::Config::default().labels(&format!("{SERVICE_NAME_LABEL}={}", key.name));
+                    let task = tokio::spawn(run_watch(
+                        "endpointslices",
+                        api,
+                        cfg,
+                        strip_endpoint_slice,
+                        cache.clone(),
+                        self.changed.clone(),
+                    ));
+                    Arc::new(SliceWatch { cache, task: task.abort_handle(), last_used_ms: AtomicU64::new(0) })
+                });
+                w.last_used_ms.store(self.now_ms(), Ordering::Relaxed);
+                if !w.cache.is_synced() {
+                    waits.push(w.cache.clone());
+                }
+            }
+        }
+        if waits.is_empty() {
+            return;
+        }
+        let deadline = self.demand_wait;
+        let all = async {
+            for c in &waits {
+                c.wait_synced().await;
+            }
+            // The compile loop publishes after the last list; wait for that generation.
+            let mut tick = tokio::time::interval(Duration::from_millis(2));
+            while shared.load().version == before {
+                tick.tick().await;
+            }
+        };
+        if tokio::time::timeout(deadline, all).await.is_err() {
+            tracing::warn!(services = ?keys.iter().map(ToString::to_string).collect::<Vec<_>>(), "endpoints not listed in time; routing with what is known");
+        }
+    }
+
+    /// Drops EndpointSlice watches unused for `idle`.
+    pub fn evict_idle(&self, idle: Duration) -> usize {
+        let cutoff = self.now_ms().saturating_sub(idle.as_millis() as u64);
+        let Ok(mut map) = self.slices.write() else { return 0 };
+        let before = map.len();
+        map.retain(|key, w| {
+            let keep = w.last_used_ms.load(Ordering::Relaxed) >= cutoff;
+            if !keep {
+                tracing::debug!(service = %key, "endpoints idle; watch dropped");
+                w.task.abort();
+            }
+            keep
+        });
+        let dropped = before - map.len();
+        if dropped > 0 {
+            self.changed.notify_one();
+        }
+        dropped
+    }
+
+    pub fn watched_services(&self) -> usize {
+        self.slices.read().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Compiles the caches into a routing state and publishes it.
+    pub fn publish(&self, shared: &SharedState) -> u64 {
+        let services = self.services.values();
+        let routes = self.routes.values();
+        let grants = self.grants.values();
+        let slices: Vec<Arc<EndpointSlice>> = match self.slices.read() {
+            Ok(m) => m.values().flat_map(|w| w.cache.values()).collect(),
+            Err(_) => Vec::new(),
+        };
+        let snapshot = Snapshot {
+            services: services.iter().map(|s| s.as_ref()).collect(),
+            endpoint_slices: slices.iter().map(|s| s.as_ref()).collect(),
+            grpc_routes: routes.iter().map(|r| r.as_ref()).collect(),
+            reference_grants: grants.iter().map(|g| g.as_ref()).collect(),
+        };
+        let state = compile(&snapshot, &self.options);
+        shared.publish(state, BTreeMap::new())
+    }
+
+    /// Waits for the initial lists, publishes, marks ready, then recompiles on every
+    /// change (bursts coalesced).
+    pub async fn run(
+        self: Arc<Self>,
+        shared: Arc<SharedState>,
+        idle: Duration,
+        on_publish: impl Fn() + Send + 'static,
+    ) {
+        self.start();
+        self.services.wait_synced().await;
+        self.routes.wait_synced().await;
+        self.grants.wait_synced().await;
+        let version = self.publish(&shared);
+        on_publish();
+        shared.set_ready();
+        tracing::info!(version, services = self.services.len(), routes = self.routes.len(), "initial sync done; ready");
+        let evictor = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval((idle / 4).max(Duration::from_secs(1)));
+            loop {
+                tick.tick().await;
+                evictor.evict_idle(idle);
+            }
+        });
+        loop {
+            self.changed.notified().await;
+            tokio::time::sleep(DEBOUNCE).await;
+            let started = Instant::now();
+            let version = self.publish(&shared);
+            on_publish();
+            tracing::debug!(version, compile = ?started.elapsed(), "configuration updated");
+        }
+    }
+}
