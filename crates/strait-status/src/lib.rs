@@ -163,7 +163,7 @@ mod tests {
         let st = status_of(&(SVC.to_owned() + &route("svc")));
         let t0 = time("2026-01-01T00:00:00Z");
         let foreign = serde_json::json!({"controllerName": "example.net/x", "parentRef": {"name": "gw"}, "conditions": [], "futureField": 1});
-        let merged = merge_parents(&[foreign.clone()], Some(&st), Some(1), &t0).expect("first write");
+        let merged = merge_parents(std::slice::from_ref(&foreign), Some(&st), Some(1), &t0).expect("first write");
         assert_eq!(merged[0], foreign, "foreign entry untouched, unknown fields kept");
         assert_eq!(merged[1]["controllerName"], CONTROLLER_NAME);
         assert_eq!(merge_parents(&merged, Some(&st), Some(1), &time("2026-01-02T00:00:00Z")), None, "no-op");
