@@ -16,6 +16,7 @@ pub mod proxy;
 pub mod server;
 pub mod state;
 pub mod telemetry;
+pub mod wait_ready;
 
 use anyhow::Context;
 use std::sync::Arc;

@@ -7,6 +7,16 @@ use strait_proxy::config::Args;
 fn main() -> anyhow::Result<()> {
     // One TLS crypto provider for the process (kube's client uses rustls).
     let _ = rustls::crypto::ring::default_provider().install_default();
+    if std::env::args().nth(1).as_deref() == Some("wait-ready") {
+        let wait = strait_proxy::wait_ready::WaitReadyArgs::parse_from(std::env::args().skip(1));
+        return match strait_proxy::wait_ready::wait(&wait) {
+            Ok(took) => {
+                eprintln!("strait-proxy ready after {took:?}");
+                Ok(())
+            }
+            Err(e) => Err(anyhow::anyhow!(e)),
+        };
+    }
     let args = Args::parse();
     args.validate()?;
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)

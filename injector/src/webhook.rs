@@ -1,0 +1,156 @@
+//! `POST /mutate` (AdmissionReview admission.k8s.io/v1 in, JSONPatch out) and
+//! `GET /healthz`, served over TLS.
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::{get, post};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use std::sync::Arc;
+use std::time::Duration;
+use strait_inject::{Decision, InjectConfig};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// AdmissionReviews carry one Pod; even large pods stay far below this.
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+pub struct Webhook {
+    pub config: InjectConfig,
+}
+
+pub fn router(webhook: Arc<Webhook>) -> Router {
+    Router::new()
+        .route("/mutate", post(mutate))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(webhook)
+}
+
+fn bad_request(msg: String) -> Response {
+    tracing::warn!(error = %msg, "rejected admission review");
+    (StatusCode::BAD_REQUEST, msg).into_response()
+}
+
+/// Decodes a review; everything that is not a v1 Pod review is a client error.
+pub fn parse_review(body: &[u8]) -> Result<(AdmissionRequest<DynamicObject>, Pod), String> {
+    let review: AdmissionReview<DynamicObject> =
+        serde_json::from_slice(body).map_err(|e| format!("malformed AdmissionReview: {e}"))?;
+    let request: AdmissionRequest<DynamicObject> =
+        review.try_into().map_err(|_| "AdmissionReview has no request".to_owned())?;
+    let k = &request.kind;
+    if !(k.group.is_empty() && k.version == "v1" && k.kind == "Pod") {
+        return Err(format!(
+            "this webhook mutates v1 Pods; the review is for {}/{} {}",
+            if k.group.is_empty() { "core" } else { &k.group },
+            k.version,
+            k.kind
+        ));
+    }
+    let object = request.object.clone().ok_or_else(|| "the review carries no object".to_owned())?;
+    let value = serde_json::to_value(&object).map_err(|e| format!("object is not serialisable: {e}"))?;
+    let pod: Pod = serde_json::from_value(value).map_err(|e| format!("object is not a valid Pod: {e}"))?;
+    Ok((request, pod))
+}
+
+/// The response for a decoded review. Never denies: a pod Strait does not touch is
+/// allowed unchanged, and an internal failure to build the patch allows the pod
+/// without injection and says so in a warning rather than blocking workloads.
+pub fn respond(webhook: &Webhook, request: &AdmissionRequest<DynamicObject>, pod: &Pod) -> AdmissionResponse {
+    let namespace =
+        request.namespace.clone().or_else(|| pod.metadata.namespace.clone()).unwrap_or_else(|| "default".into());
+    let name = pod.metadata.name.clone().or_else(|| pod.metadata.generate_name.clone()).unwrap_or_default();
+    let response = AdmissionResponse::from(request);
+    match strait_inject::mutate(pod, &namespace, &webhook.config) {
+        Ok(Decision::Skip { reason }) => {
+            tracing::debug!(%namespace, pod = %name, %reason, "not injected");
+            response
+        }
+        Ok(Decision::Inject(injection)) => {
+            let warnings = injection.warnings.clone();
+            match response.with_patch(injection.patch) {
+                Ok(mut r) => {
+                    tracing::info!(%namespace, pod = %name, dry_run = request.dry_run, warnings = warnings.len(), "injected");
+                    if !warnings.is_empty() {
+                        r.warnings = Some(warnings);
+                    }
+                    r
+                }
+                Err(e) => {
+                    let mut r = AdmissionResponse::from(request);
+                    r.warnings = Some(vec![format!("strait: not injected: {e}")]);
+                    r
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(%namespace, pod = %name, error = %e, "injection failed");
+            let mut r = response;
+            r.warnings = Some(vec![format!("strait: not injected: {e}")]);
+            r
+        }
+    }
+}
+
+async fn mutate(State(webhook): State<Arc<Webhook>>, body: Bytes) -> Response {
+    match parse_review(&body) {
+        Ok((request, pod)) => Json(respond(&webhook, &request, &pod).into_review()).into_response(),
+        Err(msg) => bad_request(msg),
+    }
+}
+
+/// Serves `router` over TLS until `shutdown` flips; in-flight requests finish.
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: rustls::ServerConfig,
+    router: Router,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let acceptor = acceptor.clone();
+                let service = TowerToHyperService::new(router.clone());
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    // A client that never finishes the handshake must not hold a task forever.
+                    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let conn = builder.serve_connection(TokioIo::new(tls), service).into_owned();
+                    if let Err(e) = watcher.watch(conn).await {
+                        tracing::debug!(%peer, error = %e, "connection error");
+                    }
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+}
