@@ -77,6 +77,26 @@ pub struct Args {
     #[arg(long, env = "STRAIT_CONNECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
 
+    /// Transparent mode: connections arrive redirected by strait-init's iptables rules;
+    /// the original destination names the Service (outbound) or the app port (inbound).
+    /// Connections made straight to the ports are still served as in explicit mode.
+    #[arg(long, env = "STRAIT_TRANSPARENT", default_value_t = false)]
+    pub transparent: bool,
+
+    /// Ports whose traffic is never inspected (server-first protocols: SMTP, MySQL, ...).
+    #[arg(
+        long,
+        env = "STRAIT_OPAQUE_PORTS",
+        value_delimiter = ',',
+        default_value = "25,587,3306,4444,5432,6379,9300,11211"
+    )]
+    pub opaque_ports: Vec<u16>,
+
+    /// How long to wait for a client's first bytes before treating the connection as
+    /// opaque TCP (a server-first protocol on a port not listed as opaque).
+    #[arg(long, env = "STRAIT_DETECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub detect_timeout: Duration,
+
     #[command(flatten)]
     pub h2: H2Limits,
 }

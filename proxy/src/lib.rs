@@ -16,6 +16,7 @@ pub mod proxy;
 pub mod server;
 pub mod state;
 pub mod telemetry;
+pub mod transparent;
 pub mod wait_ready;
 
 use anyhow::Context;
@@ -120,24 +121,39 @@ pub async fn run(args: config::Args) -> anyhow::Result<()> {
         });
     }
 
-    let out_proxy = proxy.clone();
-    let outbound_task = tokio::spawn(server::serve_h2(
-        "outbound",
-        outbound,
-        args.h2.clone(),
-        move |req| out_proxy.clone().outbound(req),
-        stop_rx.clone(),
-        args.drain_timeout,
-    ));
-    let in_proxy = proxy.clone();
-    let inbound_task = tokio::spawn(server::serve_h2(
-        "inbound",
-        inbound,
-        args.h2.clone(),
-        move |req| in_proxy.clone().inbound(req),
-        stop_rx.clone(),
-        args.drain_timeout,
-    ));
+    let (outbound_task, inbound_task) = if args.transparent {
+        let t = transparent::Transparent::new(
+            proxy.clone(),
+            args.h2.clone(),
+            args.opaque_ports.iter().copied().collect(),
+            args.detect_timeout,
+        );
+        (
+            tokio::spawn(t.clone().serve(telemetry::Side::Outbound, outbound, stop_rx.clone(), args.drain_timeout)),
+            tokio::spawn(t.serve(telemetry::Side::Inbound, inbound, stop_rx.clone(), args.drain_timeout)),
+        )
+    } else {
+        let out_proxy = proxy.clone();
+        let in_proxy = proxy.clone();
+        (
+            tokio::spawn(server::serve_h2(
+                "outbound",
+                outbound,
+                args.h2.clone(),
+                move |req| out_proxy.clone().outbound(req),
+                stop_rx.clone(),
+                args.drain_timeout,
+            )),
+            tokio::spawn(server::serve_h2(
+                "inbound",
+                inbound,
+                args.h2.clone(),
+                move |req| in_proxy.clone().inbound(req),
+                stop_rx.clone(),
+                args.drain_timeout,
+            )),
+        )
+    };
 
     shutdown_signal().await?;
     tracing::info!("shutdown signal received: refusing new connections, draining");

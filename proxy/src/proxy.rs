@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use strait_routing::{
-    Backend, BackendTarget, LookupError, RequestView, RoutingState, Rule, ServiceKey, parse_authority,
+    Backend, BackendTarget, Destination, LookupError, RequestView, RoutingState, Rule, ServiceKey, parse_authority,
 };
 
 /// Attempts per request when connecting fails before the request was sent: a request
@@ -69,19 +69,39 @@ impl Routed {
     }
 }
 
+/// How an outbound request names its destination.
+#[derive(Clone, Debug)]
+pub enum OutboundTarget {
+    /// Explicit mode: the `:authority` names the Service.
+    Authority,
+    /// Transparent mode: the original destination was this Service's ClusterIP and port
+    /// (GAMMA routes by ClusterIP, not Host).
+    Service(Destination),
+    /// Transparent mode: the original destination is no Service (a pod IP, an external
+    /// address): forwarded untouched.
+    Passthrough(SocketAddr),
+}
+
 impl Proxy {
-    /// Routes a request by authority, path and headers; pure apart from the random draw.
+    /// Routes a request to a Service; pure apart from the random draw.
     pub fn route(
         &self,
         state: &RoutingState,
+        target: &OutboundTarget,
         authority: Option<&str>,
         req: &RequestView<'_>,
         random: u64,
     ) -> Result<Routed, Refusal> {
-        let authority = authority
-            .ok_or_else(|| refuse(Code::Unavailable, "no_authority", "request has no :authority naming a Service"))?;
-        let dest = parse_authority(authority, &self.namespace, &self.cluster_domain)
-            .map_err(|e| refuse(Code::Unavailable, "bad_authority", e.to_string()))?;
+        let dest = match target {
+            OutboundTarget::Service(d) => d.clone(),
+            _ => {
+                let authority = authority.ok_or_else(|| {
+                    refuse(Code::Unavailable, "no_authority", "request has no :authority naming a Service")
+                })?;
+                parse_authority(authority, &self.namespace, &self.cluster_domain)
+                    .map_err(|e| refuse(Code::Unavailable, "bad_authority", e.to_string()))?
+            }
+        };
         let port = state.lookup(&dest).map_err(|e| {
             let reason = match e {
                 LookupError::UnknownService(_) => "unknown_service",
@@ -106,13 +126,25 @@ impl Proxy {
         Ok(Routed { rule, backend, parent, parent_key: ServiceKey::new(dest.namespace, dest.name) })
     }
 
+    /// Explicit outbound: the destination Service is named by `:authority`.
     pub async fn outbound(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+        self.outbound_to(req, OutboundTarget::Authority).await
+    }
+
+    pub async fn outbound_to(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        target: OutboundTarget,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        if let OutboundTarget::Passthrough(addr) = target {
+            return self.forward_to(Side::Outbound, req, addr).await;
+        }
         let is_grpc = grpc::is_grpc(req.headers());
         let mut call = CallMetrics::start(Side::Outbound, self.methods.get(req.uri().path()));
         let authority = request_authority(&req);
         let route_now = |generation: &crate::state::Generation| {
             let view = RequestView { path: req.uri().path(), headers: req.headers() };
-            self.route(&generation.routing, authority.as_deref(), &view, fastrand::u64(..))
+            self.route(&generation.routing, &target, authority.as_deref(), &view, fastrand::u64(..))
         };
         let mut routed = route_now(&self.shared.load());
         if let (Some(kube), Ok(r)) = (&self.demand, &routed) {
@@ -183,29 +215,43 @@ impl Proxy {
         }
     }
 
+    /// Explicit inbound: everything goes to `--inbound-app-addr`.
     pub async fn inbound(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+        let app = self.inbound_app_addr;
+        self.forward_to(Side::Inbound, req, app).await
+    }
+
+    /// Forwards to one fixed address (the application, or an outbound destination
+    /// that is no Service), with metrics but no routing.
+    pub async fn forward_to(
+        self: Arc<Self>,
+        side: Side,
+        req: Request<Incoming>,
+        addr: SocketAddr,
+    ) -> Result<Response<ProxyBody>, Infallible> {
         let is_grpc = grpc::is_grpc(req.headers());
-        let call = CallMetrics::start(Side::Inbound, self.methods.get(req.uri().path()));
+        let call = CallMetrics::start(side, self.methods.get(req.uri().path()));
         let authority = request_authority(&req);
         let (mut parts, incoming) = req.into_parts();
-        if let Err(e) = absolute_uri(&mut parts.uri, authority.as_deref().or(Some("localhost"))) {
-            return Ok(self.refused(Side::Inbound, is_grpc, call, refuse(Code::Internal, "bad_uri", e)));
+        let fallback_authority = addr.to_string();
+        if let Err(e) = absolute_uri(&mut parts.uri, authority.as_deref().or(Some(&fallback_authority))) {
+            return Ok(self.refused(side, is_grpc, call, refuse(Code::Internal, "bad_uri", e)));
         }
         let deadline = parts.headers.get("grpc-timeout").and_then(grpc::parse_timeout);
         let request_messages = Arc::new(AtomicU32::new(0));
         let req = Request::from_parts(parts, body::boxed(RequestBody::new(incoming, request_messages.clone())));
         let app = strait_routing::EndpointSet {
             endpoints: vec![strait_routing::Endpoint {
-                addr: self.inbound_app_addr,
+                addr,
                 ready: true,
                 serving: true,
                 terminating: false,
                 target: None,
             }],
         };
-        match self.forward(Side::Inbound, req, &app, deadline, is_grpc).await {
+        match self.forward(side, req, &app, deadline, is_grpc).await {
             Ok((resp, guard)) => Ok(observe(resp, call, request_messages, guard)),
-            Err(refusal) => Ok(self.refused(Side::Inbound, is_grpc, call, refusal)),
+            Err(refusal) => Ok(self.refused(side, is_grpc, call, refusal)),
         }
     }
 

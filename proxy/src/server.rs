@@ -9,6 +9,23 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+/// The HTTP/2 server settings of every listener, from the explicit limits.
+pub fn h2_builder(limits: &H2Limits) -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(limits.max_header_list_size)
+        .max_pending_accept_reset_streams(limits.max_pending_accept_reset_streams)
+        .max_local_error_reset_streams(limits.max_local_error_reset_streams)
+        .max_send_buf_size(limits.max_send_buf_size)
+        .initial_stream_window_size(limits.initial_stream_window_size)
+        .initial_connection_window_size(limits.initial_connection_window_size)
+        .keep_alive_interval(limits.keep_alive_interval)
+        .keep_alive_timeout(limits.keep_alive_timeout);
+    builder
+}
+
 /// Serves h2c on `listener` until `shutdown` flips, then sends GOAWAY on every
 /// connection and waits up to `drain` for in-flight streams.
 pub async fn serve_h2<F, Fut>(
@@ -22,18 +39,7 @@ pub async fn serve_h2<F, Fut>(
     F: Fn(http::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<http::Response<crate::body::ProxyBody>, std::convert::Infallible>> + Send + 'static,
 {
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .max_header_list_size(limits.max_header_list_size)
-        .max_pending_accept_reset_streams(limits.max_pending_accept_reset_streams)
-        .max_local_error_reset_streams(limits.max_local_error_reset_streams)
-        .max_send_buf_size(limits.max_send_buf_size)
-        .initial_stream_window_size(limits.initial_stream_window_size)
-        .initial_connection_window_size(limits.initial_connection_window_size)
-        .keep_alive_interval(limits.keep_alive_interval)
-        .keep_alive_timeout(limits.keep_alive_timeout);
+    let builder = h2_builder(&limits);
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {

@@ -89,6 +89,8 @@ pub(crate) fn proxy_container(cfg: &InjectConfig, plan: &Plan) -> Container {
         value_env("STRAIT_PROBE_ADDR", format!("0.0.0.0:{}", cfg.probe_port)),
         value_env("STRAIT_LOG_LEVEL", plan.log_level.clone()),
         value_env("STRAIT_PROXY_UID", cfg.proxy_uid.to_string()),
+        // strait-init redirects the pod's traffic; the proxy reads original destinations.
+        value_env("STRAIT_TRANSPARENT", "true".to_owned()),
     ];
     let probe = |path: &str, period: i32, failure_threshold: Option<i32>| Probe {
         http_get: Some(HTTPGetAction {

@@ -397,6 +397,7 @@ fn proxy_container_as_specified() {
         ("STRAIT_PROBE_ADDR", Some("0.0.0.0:15020"), None),
         ("STRAIT_LOG_LEVEL", Some("info"), None),
         ("STRAIT_PROXY_UID", Some("1337"), None),
+        ("STRAIT_TRANSPARENT", Some("true"), None),
     ]
     .map(|(n, v, f)| (n.to_string(), v.map(String::from), f.map(String::from)));
     assert_eq!(env, want);

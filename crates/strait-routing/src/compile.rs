@@ -176,9 +176,9 @@ pub fn compile(snap: &Snapshot<'_>, opts: &CompileOptions) -> RoutingState {
             let bound = bindings.get(&(key.clone(), port)).map(Vec::as_slice).unwrap_or(&[]);
             let (producers, consumers): (Vec<usize>, Vec<usize>) =
                 bound.iter().partition(|i| compiled[**i].key.namespace == key.namespace);
+            let endpoints = ctx.endpoints(&key, port_name.as_deref(), port);
             let producer = if producers.is_empty() {
-                let endpoints = ctx.endpoints(&key, port_name.as_deref(), port);
-                Arc::new(default_table(&key, port, endpoints))
+                Arc::new(default_table(&key, port, endpoints.clone()))
             } else {
                 Arc::new(build_table(TableOrigin::Producer, &producers, &compiled))
             };
@@ -193,7 +193,7 @@ pub fn compile(snap: &Snapshot<'_>, opts: &CompileOptions) -> RoutingState {
                     (ns, Arc::new(table))
                 })
                 .collect();
-            ports.push(PortRoutes { name: port_name, port, producer, consumers });
+            ports.push(PortRoutes { name: port_name, port, endpoints, producer, consumers });
         }
         for ip in &cluster_ips {
             state.by_cluster_ip.insert(*ip, key.clone());

@@ -88,6 +88,13 @@ impl RoutingState {
     pub fn service_by_cluster_ip(&self, ip: IpAddr) -> Option<&ServiceRoutes> {
         self.by_cluster_ip.get(&ip).and_then(|k| self.services.get(k))
     }
+
+    /// The Service and port a transparent connection to `ip:port` is for.
+    pub fn destination_of(&self, ip: IpAddr, port: u16) -> Option<(Destination, &PortRoutes)> {
+        let key = self.by_cluster_ip.get(&ip)?;
+        let port_routes = self.services.get(key)?.port(port)?;
+        Some((Destination { namespace: key.namespace.clone(), name: key.name.clone(), port: Some(port) }, port_routes))
+    }
 }
 
 /// One Service's routes, per port.
@@ -111,6 +118,9 @@ impl ServiceRoutes {
 pub struct PortRoutes {
     pub name: Option<String>,
     pub port: u16,
+    /// The Service's own endpoints for this port, whatever the routes say: opaque TCP
+    /// and HTTP/1 traffic to the ClusterIP goes here (GRPCRoutes steer gRPC only).
+    pub endpoints: Arc<EndpointSet>,
     pub producer: Arc<RouteTable>,
     pub consumers: BTreeMap<String, Arc<RouteTable>>,
 }
