@@ -55,6 +55,8 @@ compute_key() {
         cat "tools/$tool/$f"
       done
     done
+    echo "== tools/kube-apiserver/kubectl/main.go"
+    cat tools/kube-apiserver/kubectl/main.go
     echo "== go: $(go version)"
     echo "== cgo: $(go env CGO_ENABLED) goflags: $(go env GOFLAGS)"
     echo "== ldflags kube-apiserver: $apiserver_ldflags"
@@ -70,16 +72,18 @@ build() {
   # Serialise concurrent builds (parallel test binaries all call this script).
   exec 9>"$bin_root/.lock"
   flock 9
-  if [[ -x "$dir/kube-apiserver" && -x "$dir/etcd" ]]; then
+  if [[ -x "$dir/kube-apiserver" && -x "$dir/etcd" && -x "$dir/kubectl" ]]; then
     log "kube tools up to date ($dir)"
   else
     start=$SECONDS
     tmp="$(mktemp -d "$bin_root/.build.XXXXXX")"
     chmod 755 "$tmp"
     trap 'rm -rf "$tmp"' EXIT
-    log "building kube-apiserver ${KUBE_VERSION} and etcd into $dir (first build takes minutes)"
+    log "building kube-apiserver ${KUBE_VERSION}, kubectl and etcd into $dir (first build takes minutes)"
     (cd tools/etcd && go build -trimpath -ldflags "$etcd_ldflags" -o "$tmp/etcd" .)
     (cd tools/kube-apiserver && go build -trimpath -ldflags "$apiserver_ldflags" -o "$tmp/kube-apiserver" .)
+    # kubectl of the same release (no version skew, no dependency on the machine's).
+    (cd tools/kube-apiserver && go build -trimpath -ldflags "$apiserver_ldflags" -o "$tmp/kubectl" ./kubectl)
     rm -rf "$dir"
     mv "$tmp" "$dir"
     trap - EXIT

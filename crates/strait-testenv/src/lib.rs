@@ -29,7 +29,8 @@
 //!   `scripts/build-kube-tools.sh --print-crd-dir`.
 //! - `STRAIT_TESTENV_KEEP=1`: keep the env directory (PKI, kubeconfigs, logs, etcd data)
 //!   after drop; its path is printed.
-//! - `STRAIT_KUBECTL`: the kubectl binary for [`TestEnv::kubectl`] (default `kubectl`).
+//! - `STRAIT_KUBECTL`: the kubectl binary for [`TestEnv::kubectl`] (default: the kubectl
+//!   built with kube-apiserver by `scripts/build-kube-tools.sh`, else `kubectl` in PATH).
 //!
 //! Processes are killed on drop, and also if the test process dies (they are spawned
 //! with `PR_SET_PDEATHSIG`).
@@ -276,7 +277,11 @@ impl TestEnv {
 
     /// `kubectl --kubeconfig <admin kubeconfig>`; add arguments and run it.
     pub fn kubectl(&self) -> std::process::Command {
-        let kubectl = std::env::var_os("STRAIT_KUBECTL").unwrap_or_else(|| "kubectl".into());
+        // The kubectl built with the API server (same release), unless overridden.
+        let kubectl = std::env::var_os("STRAIT_KUBECTL").unwrap_or_else(|| {
+            let built = self.bin_dir.join("kubectl");
+            if built.is_file() { built.into_os_string() } else { "kubectl".into() }
+        });
         let mut cmd = std::process::Command::new(kubectl);
         cmd.arg("--kubeconfig").arg(&self.kubeconfig);
         cmd
@@ -302,28 +307,69 @@ impl TestEnv {
         process::append_marker(&log, &format!("starting kube-apiserver on port {}", self.apiserver_port));
         let proc = Proc::spawn("kube-apiserver", &self.bin_dir.join("kube-apiserver"), &self.apiserver_args, &log)
             .map_err(io_err("starting kube-apiserver"))?;
-        self.apiserver = Some(proc);
         let client = self.client().await?;
-        let deadline = Instant::now() + APISERVER_READY_TIMEOUT;
+        let ready = wait_apiserver_ready(&proc, &client).await;
+        if ready.is_ok() {
+            self.apiserver = Some(proc);
+        }
+        ready
+    }
+
+    /// Starts an **additional** kube-apiserver on another free loopback port, serving
+    /// the same etcd with the same certificates and flags, and waits for its `/readyz`
+    /// and for the Gateway API resources to be served by it.
+    ///
+    /// Meant for outage tests: stop the primary one ([`stop_apiserver`](Self::stop_apiserver)),
+    /// which every other client's kubeconfig points at, and keep changing objects through
+    /// this one; whatever it writes is in etcd when the primary one comes back. Its log
+    /// is `kube-apiserver-<port>.log` in the env directory; it is killed when the returned
+    /// handle is dropped (drop it before the `TestEnv`).
+    pub async fn start_extra_apiserver(&self) -> Result<ExtraApiServer, TestEnvError> {
+        let mut attempt = 0;
         loop {
-            if let Some(status) = self.apiserver.as_ref().and_then(Proc::exited) {
-                let proc = self.apiserver.take().expect("checked above");
-                return Err(startup_error(&proc, format!("exited ({status}) before becoming ready")));
+            attempt += 1;
+            let port = free_ports(1)?[0];
+            let mut args: Vec<String> =
+                self.apiserver_args.iter().filter(|a| !a.starts_with("--secure-port=")).cloned().collect();
+            args.push(format!("--secure-port={port}"));
+            let log = self.path.join(format!("kube-apiserver-{port}.log"));
+            process::append_marker(&log, &format!("starting an extra kube-apiserver on port {port}"));
+            let proc = Proc::spawn("kube-apiserver (extra)", &self.bin_dir.join("kube-apiserver"), &args, &log)
+                .map_err(io_err("starting an extra kube-apiserver"))?;
+            let kubeconfig = self.path.join(format!("kubeconfig-extra-{port}"));
+            let user = format!(
+                "    client-certificate: {}\n    client-key: {}\n",
+                yaml_str(&self.pki.admin_cert.display().to_string()),
+                yaml_str(&self.pki.admin_key.display().to_string()),
+            );
+            let server = format!("https://127.0.0.1:{port}");
+            std::fs::write(&kubeconfig, self.kubeconfig_yaml_for(&server, "strait-admin", &user))
+                .map_err(io_err(format!("writing {}", kubeconfig.display())))?;
+            let client = client_from_kubeconfig(&kubeconfig).await?;
+            match wait_apiserver_ready(&proc, &client).await {
+                Ok(()) => {}
+                Err(TestEnvError::Startup { ref tail, .. }) if attempt < PORT_ATTEMPTS && port_in_use(tail) => continue,
+                Err(e) => return Err(e),
             }
-            let request = http::Request::get("/readyz").body(Vec::new()).expect("static request");
-            let last_error = match client.request_text(request).await {
-                Ok(body) if body.trim() == "ok" => return Ok(()),
-                Ok(body) => body,
-                Err(e) => e.to_string(),
-            };
-            if Instant::now() > deadline {
-                let proc = self.apiserver.as_ref().expect("running");
-                return Err(startup_error(
-                    proc,
-                    format!("not ready after {APISERVER_READY_TIMEOUT:?}; last /readyz: {last_error}"),
-                ));
+            // CRD-backed resources are served once this server has read the CRDs.
+            let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "GRPCRoute");
+            let routes: Api<DynamicObject> =
+                Api::all_with(client.clone(), &ApiResource::from_gvk_with_plural(&gvk, "grpcroutes"));
+            let deadline = Instant::now() + CRD_READY_TIMEOUT;
+            loop {
+                match routes.list(&ListParams::default().limit(1)).await {
+                    Ok(_) => break,
+                    // Without the CRDs installed there is nothing to wait for.
+                    Err(kube::Error::Api(s)) if s.code == 404 && Instant::now() > deadline => break,
+                    Err(e) if Instant::now() > deadline => {
+                        return Err(TestEnvError::Other(format!(
+                            "extra kube-apiserver does not serve grpcroutes: {e}"
+                        )));
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            return Ok(ExtraApiServer { _proc: proc, port, kubeconfig });
         }
     }
 
@@ -430,11 +476,62 @@ impl TestEnv {
     }
 
     fn kubeconfig_yaml(&self, user: &str, user_fields: &str) -> String {
+        self.kubeconfig_yaml_for(&self.server_url(), user, user_fields)
+    }
+
+    fn kubeconfig_yaml_for(&self, server: &str, user: &str, user_fields: &str) -> String {
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: strait-testenv\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\nusers:\n- name: {user}\n  user:\n{user_fields}contexts:\n- name: strait-testenv\n  context:\n    cluster: strait-testenv\n    user: {user}\n    namespace: default\ncurrent-context: strait-testenv\n",
-            server = self.server_url(),
             ca = yaml_str(&self.pki.ca_cert.display().to_string()),
         )
+    }
+}
+
+/// A second kube-apiserver on the env's etcd, from
+/// [`TestEnv::start_extra_apiserver`]. Killed (SIGKILL) when dropped.
+pub struct ExtraApiServer {
+    _proc: Proc,
+    port: u16,
+    kubeconfig: PathBuf,
+}
+
+impl ExtraApiServer {
+    /// `https://127.0.0.1:<port>`.
+    pub fn server_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// An admin (system:masters) kubeconfig for this server.
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// A new admin client of this server.
+    pub async fn client(&self) -> Result<Client, TestEnvError> {
+        client_from_kubeconfig(&self.kubeconfig).await
+    }
+}
+
+/// Polls `/readyz` through `client` until it answers `ok` (or `proc` exits / times out).
+async fn wait_apiserver_ready(proc: &Proc, client: &Client) -> Result<(), TestEnvError> {
+    let deadline = Instant::now() + APISERVER_READY_TIMEOUT;
+    loop {
+        if let Some(status) = proc.exited() {
+            return Err(startup_error(proc, format!("exited ({status}) before becoming ready")));
+        }
+        let request = http::Request::get("/readyz").body(Vec::new()).expect("static request");
+        let last_error = match client.request_text(request).await {
+            Ok(body) if body.trim() == "ok" => return Ok(()),
+            Ok(body) => body,
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() > deadline {
+            return Err(startup_error(
+                proc,
+                format!("not ready after {APISERVER_READY_TIMEOUT:?}; last /readyz: {last_error}"),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
