@@ -99,9 +99,24 @@ pub fn respond(webhook: &Webhook, request: &AdmissionRequest<DynamicObject>, pod
 
 async fn mutate(State(webhook): State<Arc<Webhook>>, body: Bytes) -> Response {
     match parse_review(&body) {
-        Ok((request, pod)) => Json(respond(&webhook, &request, &pod).into_review()).into_response(),
+        Ok((request, pod)) => Json(review_json(respond(&webhook, &request, &pod))).into_response(),
         Err(msg) => bad_request(msg),
     }
+}
+
+/// The AdmissionReview to send back, with `response.patch` base64-encoded as the
+/// admission.k8s.io/v1 API documents it. kube-core serialises the bytes as a JSON
+/// number array (kube-rs/kube#1781), which the API server happens to accept; other
+/// consumers of reviews (audit, proxies, tests) expect the documented form.
+pub fn review_json(response: AdmissionResponse) -> serde_json::Value {
+    use base64::Engine;
+    let mut value = serde_json::to_value(response.into_review()).unwrap_or_default();
+    if let Some(patch) = value.pointer_mut("/response/patch") {
+        if let Some(bytes) = patch.as_array().map(|a| a.iter().filter_map(|b| b.as_u64().map(|b| b as u8)).collect::<Vec<u8>>()) {
+            *patch = serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
+        }
+    }
+    value
 }
 
 /// Serves `router` over TLS until `shutdown` flips; in-flight requests finish.
@@ -153,4 +168,45 @@ pub async fn serve_tls(
     }
     drop(listener);
     let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn review(kind: serde_json::Value, object: serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": "u-1", "kind": kind, "resource": {"group": "", "version": "v1", "resource": "pods"},
+                        "operation": "CREATE", "namespace": "app", "userInfo": {}, "object": object}
+        }))
+        .expect("json")
+    }
+
+    #[test]
+    fn patch_is_base64_and_uid_is_echoed() {
+        use base64::Engine;
+        let body = review(
+            serde_json::json!({"group": "", "version": "v1", "kind": "Pod"}),
+            serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "x"}]}}),
+        );
+        let (req, pod) = parse_review(&body).expect("parses");
+        let out = review_json(respond(&Webhook { config: InjectConfig::default() }, &req, &pod));
+        assert_eq!(out["response"]["uid"], "u-1");
+        assert_eq!(out["response"]["allowed"], true);
+        assert_eq!(out["response"]["patchType"], "JSONPatch");
+        let b64 = out["response"]["patch"].as_str().expect("patch is a base64 string");
+        let patch: serde_json::Value =
+            serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(b64).expect("base64")).expect("json");
+        assert!(patch.as_array().is_some_and(|ops| !ops.is_empty()));
+    }
+
+    #[test]
+    fn wrong_kind_and_malformed_reviews_are_client_errors() {
+        let deploy = review(serde_json::json!({"group": "apps", "version": "v1", "kind": "Deployment"}), serde_json::json!({}));
+        assert!(parse_review(&deploy).expect_err("wrong kind").contains("apps/v1 Deployment"));
+        assert!(parse_review(b"{not json").expect_err("malformed").starts_with("malformed AdmissionReview"));
+        let no_request = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#;
+        assert!(parse_review(no_request).is_err());
+    }
 }
