@@ -111,10 +111,11 @@ async fn mutate(State(webhook): State<Arc<Webhook>>, body: Bytes) -> Response {
 pub fn review_json(response: AdmissionResponse) -> serde_json::Value {
     use base64::Engine;
     let mut value = serde_json::to_value(response.into_review()).unwrap_or_default();
-    if let Some(patch) = value.pointer_mut("/response/patch") {
-        if let Some(bytes) = patch.as_array().map(|a| a.iter().filter_map(|b| b.as_u64().map(|b| b as u8)).collect::<Vec<u8>>()) {
-            *patch = serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
-        }
+    if let Some(patch) = value.pointer_mut("/response/patch")
+        && let Some(bytes) =
+            patch.as_array().map(|a| a.iter().filter_map(|b| b.as_u64().map(|b| b as u8)).collect::<Vec<u8>>())
+    {
+        *patch = serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
     }
     value
 }
@@ -197,13 +198,15 @@ mod tests {
         assert_eq!(out["response"]["patchType"], "JSONPatch");
         let b64 = out["response"]["patch"].as_str().expect("patch is a base64 string");
         let patch: serde_json::Value =
-            serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(b64).expect("base64")).expect("json");
+            serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(b64).expect("base64"))
+                .expect("json");
         assert!(patch.as_array().is_some_and(|ops| !ops.is_empty()));
     }
 
     #[test]
     fn wrong_kind_and_malformed_reviews_are_client_errors() {
-        let deploy = review(serde_json::json!({"group": "apps", "version": "v1", "kind": "Deployment"}), serde_json::json!({}));
+        let deploy =
+            review(serde_json::json!({"group": "apps", "version": "v1", "kind": "Deployment"}), serde_json::json!({}));
         assert!(parse_review(&deploy).expect_err("wrong kind").contains("apps/v1 Deployment"));
         assert!(parse_review(b"{not json").expect_err("malformed").starts_with("malformed AdmissionReview"));
         let no_request = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#;

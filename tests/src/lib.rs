@@ -11,10 +11,15 @@
 //! - [`Mesh`]: a config directory plus the backends behind it, with atomic
 //!   file rewrites for live configuration changes.
 //! - [`Metrics`]: a small Prometheus text-format parser.
+//! - [`kube_mode`]: Kubernetes mode — a real control plane (`strait-testenv`),
+//!   backends on addresses of a test-owned veth, the status controller process.
 //! - [`raw_h2`]: a gRPC transport without tonic's client-side deadline, so a
 //!   test can see the status the *proxy* produces for an expired `grpc-timeout`.
 
 #![forbid(unsafe_code)]
+
+pub mod injector;
+pub mod kube_mode;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -65,10 +70,16 @@ pub const SEED_BACKENDS: &[&str] = &[
 /// `target/<profile>/strait-proxy` next to the directory of the running test
 /// executable (which lives in `target/<profile>/deps/`).
 pub fn proxy_bin() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("STRAIT_PROXY_BIN") {
+    target_bin("strait-proxy", "STRAIT_PROXY_BIN")
+}
+
+/// Path of workspace binary `name`: `$<env_var>`, or `target/<profile>/<name>`
+/// next to the directory of the running test executable.
+pub fn target_bin(name: &str, env_var: &str) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(env_var) {
         let p = PathBuf::from(p);
         if !p.is_file() {
-            bail!("STRAIT_PROXY_BIN={} does not name a file", p.display());
+            bail!("{env_var}={} does not name a file", p.display());
         }
         return Ok(p);
     }
@@ -77,11 +88,11 @@ pub fn proxy_bin() -> Result<PathBuf> {
     if dir.ends_with("deps") {
         dir.pop();
     }
-    let bin = dir.join(format!("strait-proxy{}", std::env::consts::EXE_SUFFIX));
+    let bin = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     if !bin.is_file() {
         bail!(
-            "proxy binary not found at {}: run `cargo build -p strait-proxy` before the e2e tests \
-             (or set STRAIT_PROXY_BIN to the binary)",
+            "binary not found at {}: run `cargo build --workspace --bins` before the e2e tests \
+             (or set {env_var} to the binary)",
             bin.display()
         );
     }
@@ -103,6 +114,15 @@ pub fn free_addrs(n: usize) -> Result<Vec<SocketAddr>> {
 // The proxy process
 // ---------------------------------------------------------------------------
 
+/// Where a proxy reads its configuration from.
+#[derive(Clone, Copy)]
+enum ConfigSource<'a> {
+    /// File mode: `--config-dir`.
+    Dir(&'a Path),
+    /// Kubernetes mode: `KUBECONFIG`.
+    Kube(&'a Path),
+}
+
 /// A running `strait-proxy` child process (killed when dropped).
 pub struct ProxyProcess {
     child: Child,
@@ -120,12 +140,30 @@ impl ProxyProcess {
     /// `extra_args` are appended; a flag given there replaces the harness
     /// default for it (`--log-level info`, `--config-poll 250ms`).
     pub async fn start(config_dir: &Path, namespace: &str, extra_args: &[&str]) -> Result<Self> {
+        Self::start_with(ConfigSource::Dir(config_dir), namespace, extra_args).await
+    }
+
+    /// Starts the proxy in **Kubernetes mode** (no `--config-dir`): it watches the API
+    /// server named by `kubeconfig` (passed as `KUBECONFIG`) with that kubeconfig's
+    /// identity, and waits until `/ready` answers 200 (initial sync done).
+    pub async fn start_kube(kubeconfig: &Path, namespace: &str, extra_args: &[&str]) -> Result<Self> {
+        Self::start_with(ConfigSource::Kube(kubeconfig), namespace, extra_args).await
+    }
+
+    /// Like [`ProxyProcess::start_kube`] but returns as soon as the process is
+    /// spawned, without waiting for `/ready` (for readiness tests). A port clash
+    /// shows up as an early exit.
+    pub fn spawn_kube(kubeconfig: &Path, namespace: &str, extra_args: &[&str]) -> Result<Self> {
+        Self::spawn(&proxy_bin()?, ConfigSource::Kube(kubeconfig), namespace, extra_args)
+    }
+
+    async fn start_with(source: ConfigSource<'_>, namespace: &str, extra_args: &[&str]) -> Result<Self> {
         let bin = proxy_bin()?;
         let mut last_err = None;
         // Free ports can be taken between reservation and the proxy's bind;
         // such a start is retried on fresh ports.
         for _attempt in 0..3 {
-            let mut proxy = Self::spawn(&bin, config_dir, namespace, extra_args)?;
+            let mut proxy = Self::spawn(&bin, source, namespace, extra_args)?;
             match proxy.wait_ready().await {
                 Ok(()) => return Ok(proxy),
                 Err(e) => {
@@ -140,15 +178,25 @@ impl ProxyProcess {
         Err(last_err.unwrap_or_else(|| anyhow!("proxy did not start")))
     }
 
-    fn spawn(bin: &Path, config_dir: &Path, namespace: &str, extra_args: &[&str]) -> Result<Self> {
+    fn spawn(bin: &Path, source: ConfigSource<'_>, namespace: &str, extra_args: &[&str]) -> Result<Self> {
         let addrs = free_addrs(3)?;
         let (outbound, inbound, admin) = (addrs[0], addrs[1], addrs[2]);
         let log_dir = tempfile::Builder::new().prefix("strait-e2e-proxy-").tempdir().context("creating log dir")?;
         let log_path = log_dir.path().join("proxy.stderr.log");
         let log = std::fs::File::create(&log_path).context("creating proxy log file")?;
         let mut cmd = Command::new(bin);
-        cmd.arg("--config-dir")
-            .arg(config_dir)
+        match source {
+            ConfigSource::Dir(dir) => {
+                cmd.arg("--config-dir").arg(dir).env_remove("KUBECONFIG");
+            }
+            ConfigSource::Kube(kubeconfig) => {
+                cmd.env("KUBECONFIG", kubeconfig)
+                    // Never fall back to an in-cluster config of the machine running the tests.
+                    .env_remove("KUBERNETES_SERVICE_HOST")
+                    .env_remove("KUBERNETES_SERVICE_PORT");
+            }
+        }
+        cmd.env_remove("STRAIT_CONFIG_DIR")
             .args(["--outbound-addr", &outbound.to_string()])
             .args(["--inbound-addr", &inbound.to_string()])
             .args(["--admin-addr", &admin.to_string()])
@@ -172,7 +220,13 @@ impl ProxyProcess {
     }
 
     async fn wait_ready(&mut self) -> Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
+        self.wait_ready_within(READY_TIMEOUT).await
+    }
+
+    /// Polls `/ready` every 50 ms until it answers 200; fails after `timeout`
+    /// or when the process exits.
+    pub async fn wait_ready_within(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
         let mut last = String::from("no attempt yet");
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait()? {
@@ -185,7 +239,7 @@ impl ProxyProcess {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        bail!("proxy not ready after {:?} (last /ready: {last}); stderr tail:\n{}", READY_TIMEOUT, self.log_tail(30))
+        bail!("proxy not ready after {:?} (last /ready: {last}); stderr tail:\n{}", timeout, self.log_tail(30))
     }
 
     /// The outbound (h2c, routed by `:authority`) listener.

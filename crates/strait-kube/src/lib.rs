@@ -17,11 +17,45 @@ use kube::runtime::watcher::{self, Event};
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use strait_api::{GrpcRoute, ReferenceGrant};
 use tokio::sync::{Notify, watch};
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Reconnect backoff of every watch: 250 ms doubling to at most 5 s, with up to 25%
+/// jitter. kube-runtime's default (client-go's: 0.8 s doubling to 30 s plus up to 100%
+/// jitter) left a proxy up to ~50 s behind after a 30 s API-server outage, serving
+/// stale routes; a sidecar's watch is cheap for the API server to re-establish, and
+/// the jitter still spreads thousands of sidecars reconnecting at once.
+#[derive(Clone, Debug)]
+pub struct WatchBackoff {
+    next: Duration,
+    min: Duration,
+    max: Duration,
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        WatchBackoff { next: Duration::from_millis(250), min: Duration::from_millis(250), max: Duration::from_secs(5) }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let jitter = base.mul_f64(fastrand::f64() * 0.25);
+        Some(base + jitter)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
 
 /// `(namespace, name)`.
 pub type ObjKey = (String, String);
@@ -71,7 +105,7 @@ pub async fn run_watch<K, T>(
     K: Resource + Clone + serde::de::DeserializeOwned + Debug + Send + 'static,
 {
     let mut buffer: Option<BTreeMap<ObjKey, Arc<T>>> = None;
-    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+    let mut stream = watcher::watcher(api, config).backoff(WatchBackoff::default()).boxed();
     let mut failing_since: Option<Instant> = None;
     while let Some(event) = stream.next().await {
         let event = match event {
@@ -227,6 +261,18 @@ pub fn referencegrant_resource() -> ApiResource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn watch_backoff_is_capped_and_resets() {
+        use kube::runtime::utils::Backoff;
+        let mut b = WatchBackoff::default();
+        let delays: Vec<Duration> = (&mut b).take(10).collect();
+        assert!(delays[0] >= Duration::from_millis(250) && delays[0] <= Duration::from_millis(313));
+        assert!(delays.iter().all(|d| *d <= Duration::from_millis(6250)), "{delays:?}");
+        assert!(delays[9] >= Duration::from_secs(5));
+        b.reset();
+        assert!(b.next().is_some_and(|d| d < Duration::from_millis(320)));
+    }
 
     #[test]
     fn stripping_keeps_what_routing_reads() {

@@ -33,7 +33,8 @@ const SERVING_SANS: &[&str] = &[
     "10.96.0.1",
 ];
 
-pub(crate) fn generate(dir: &Path) -> Result<Pki, TestEnvError> {
+/// Writes the PKI into `dir`; `extra_ips` are added to the serving certificate's SANs.
+pub(crate) fn generate(dir: &Path, extra_ips: &[std::net::IpAddr]) -> Result<Pki, TestEnvError> {
     std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
     let write = |name: &str, pem: String| -> Result<PathBuf, TestEnvError> {
         let path = dir.join(name);
@@ -53,7 +54,10 @@ pub(crate) fn generate(dir: &Path) -> Result<Pki, TestEnvError> {
 
     // kube-apiserver serving certificate.
     let serving_key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(SERVING_SANS.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+    // rcgen turns names that parse as IP addresses into IP SANs.
+    let sans: Vec<String> =
+        SERVING_SANS.iter().map(|s| s.to_string()).chain(extra_ips.iter().map(|ip| ip.to_string())).collect();
+    let mut params = CertificateParams::new(sans)?;
     params.distinguished_name.push(DnType::CommonName, "kube-apiserver");
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];

@@ -68,11 +68,16 @@ pub struct TestEnvOptions {
     /// ValidatingAdmissionPolicy) and wait until every CRD is Established and served.
     /// Default: true.
     pub install_gateway_crds: bool,
+    /// Extra IP addresses for the kube-apiserver serving certificate's subject
+    /// alternative names (besides 127.0.0.1 and 10.96.0.1), for clients that reach the
+    /// API server through a forwarder on another address — e.g. pods in network
+    /// namespaces dialling a bridge address. Default: none.
+    pub extra_serving_ips: Vec<std::net::IpAddr>,
 }
 
 impl Default for TestEnvOptions {
     fn default() -> Self {
-        TestEnvOptions { extra_apiserver_args: Vec::new(), install_gateway_crds: true }
+        TestEnvOptions { extra_apiserver_args: Vec::new(), install_gateway_crds: true, extra_serving_ips: Vec::new() }
     }
 }
 
@@ -181,7 +186,7 @@ impl TestEnv {
             .tempdir()
             .map_err(io_err("creating the env temp dir"))?;
         let path = dir.path().to_path_buf();
-        let pki = certs::generate(&path.join("pki"))?;
+        let pki = certs::generate(&path.join("pki"), &opts.extra_serving_ips)?;
 
         let mut env = TestEnv {
             dir: Some(dir),
