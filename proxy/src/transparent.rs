@@ -242,9 +242,10 @@ impl Transparent {
             }
         };
         if let Some(kube) = &self.proxy.demand
-            && !kube.endpoints_ready(&[&key]) {
-                kube.demand(std::slice::from_ref(&key), &self.proxy.shared).await;
-            }
+            && !kube.endpoints_ready(&[&key])
+        {
+            kube.demand(std::slice::from_ref(&key), &self.proxy.shared).await;
+        }
         let g = self.proxy.shared.load();
         let (_, port) = g.routing.destination_of(dst.ip(), dst.port())?;
         self.proxy.pool.pick(&port.endpoints, None).map(|u| u.addr)

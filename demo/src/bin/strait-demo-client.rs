@@ -56,9 +56,10 @@ fn request(args: &Args, probe: Probe) -> tonic::Request<Probe> {
     r.set_timeout(Duration::from_millis(args.timeout_ms));
     for h in &args.headers {
         if let Some((k, v)) = h.split_once('=')
-            && let (Ok(k), Ok(v)) = (k.parse::<tonic::metadata::MetadataKey<_>>(), v.parse()) {
-                r.metadata_mut().insert(k, v);
-            }
+            && let (Ok(k), Ok(v)) = (k.parse::<tonic::metadata::MetadataKey<_>>(), v.parse())
+        {
+            r.metadata_mut().insert(k, v);
+        }
     }
     r
 }
