@@ -8,7 +8,7 @@ CARGO ?= cargo
 STRAIT_CACHE ?= $(HOME)/.cache/strait
 TOOLS_BIN := $(STRAIT_CACHE)/bin
 
-.PHONY: demo test build unit e2e lint fmt tools clean
+.PHONY: demo test build unit e2e lint fmt tools clean fuzz
 
 demo:
 	$(CARGO) build -p strait-proxy -p strait-demo
@@ -26,6 +26,10 @@ unit:
 
 e2e: build
 	$(CARGO) test -p strait-e2e
+
+# Coverage-guided fuzzing of the parsers and the routing model (nightly + ASan).
+fuzz:
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-60} ./scripts/fuzz.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -2,12 +2,13 @@
 use crate::proxy::{Proxy, describe_rule};
 use crate::state::SharedState;
 use axum::Router;
-use axum::extract::{RawQuery, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use strait_routing::{RequestView, parse_authority};
 
@@ -44,7 +45,19 @@ async fn metrics(State(s): State<AdminState>) -> Response {
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
 }
 
-async fn routes(State(s): State<AdminState>) -> Response {
+/// Configuration dumps never leave the pod, even if --admin-addr is widened by mistake.
+fn loopback_only(peer: SocketAddr) -> Option<Response> {
+    if peer.ip().is_loopback() {
+        None
+    } else {
+        Some((StatusCode::FORBIDDEN, "this admin endpoint answers only on loopback\n").into_response())
+    }
+}
+
+async fn routes(State(s): State<AdminState>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Response {
+    if let Some(denied) = loopback_only(peer) {
+        return denied;
+    }
     let g = s.shared.load();
     let body = json!({
         "version": g.version,
@@ -58,7 +71,10 @@ async fn routes(State(s): State<AdminState>) -> Response {
 
 /// `/routes/query?authority=svc.ns:port&path=/pkg.Svc/Method&header=name:value&namespace=ns`
 /// answers which table, rule and backends a request would get.
-async fn query(State(s): State<AdminState>, RawQuery(q): RawQuery) -> Response {
+async fn query(State(s): State<AdminState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, RawQuery(q): RawQuery) -> Response {
+    if let Some(denied) = loopback_only(peer) {
+        return denied;
+    }
     let params = parse_query(q.as_deref().unwrap_or(""));
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let Some(authority) = get("authority") else {
@@ -158,6 +174,14 @@ fn percent_decode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn configuration_dumps_are_loopback_only() {
+        assert!(loopback_only("127.0.0.1:5000".parse().expect("addr")).is_none());
+        assert!(loopback_only("[::1]:5000".parse().expect("addr")).is_none());
+        let denied = loopback_only("10.1.2.3:5000".parse().expect("addr")).expect("denied");
+        assert_eq!(denied.status(), StatusCode::FORBIDDEN);
+    }
 
     #[test]
     fn query_parsing() {

@@ -17,7 +17,7 @@ use kube::Client;
 use kube::api::{Api, DynamicObject};
 use kube::runtime::watcher;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use strait_api::{GrpcRoute, ReferenceGrant};
@@ -35,6 +35,11 @@ struct SliceWatch {
     cache: Arc<Cache<EndpointSlice>>,
     task: tokio::task::AbortHandle,
     last_used_ms: AtomicU64,
+    /// A state compiled from this watch's complete list has been published. Listed
+    /// (`cache.is_synced()`) is not enough: until the compile loop publishes, the
+    /// routing state has no endpoints for the Service, and a request routed then
+    /// fails with "no endpoints".
+    published: AtomicBool,
 }
 
 pub struct KubeSource {
@@ -98,14 +103,14 @@ impl KubeSource {
         ));
     }
 
-    /// True when every key's endpoints are watched and listed; marks them used.
+    /// True when every key's endpoints are watched, listed and published; marks them used.
     pub fn endpoints_ready(&self, keys: &[&ServiceKey]) -> bool {
         let now = self.now_ms();
         let Ok(map) = self.slices.read() else { return false };
         keys.iter().all(|k| match map.get(*k) {
             Some(w) => {
                 w.last_used_ms.store(now, Ordering::Relaxed);
-                w.cache.is_synced()
+                w.cache.is_synced() && w.published.load(Ordering::Acquire)
             }
             None => false,
         })
@@ -113,9 +118,11 @@ impl KubeSource {
 
     /// Starts EndpointSlice watches for `keys` not yet watched and waits (bounded)
     /// until all are listed and compiled into the published state.
-    pub async fn demand(self: &Arc<Self>, keys: &[ServiceKey], shared: &SharedState) {
+    ///
+    /// Concurrent first requests for a Service all wait here: each waits for the
+    /// watch's own `published` flag, not for "some newer version" or "listed".
+    pub async fn demand(self: &Arc<Self>, keys: &[ServiceKey], _shared: &SharedState) {
         let mut waits = Vec::new();
-        let before = shared.load().version;
         {
             let Ok(mut map) = self.slices.write() else { return };
             for key in keys {
@@ -132,11 +139,16 @@ impl KubeSource {
                         cache.clone(),
                         self.changed.clone(),
                     ));
-                    Arc::new(SliceWatch { cache, task: task.abort_handle(), last_used_ms: AtomicU64::new(0) })
+                    Arc::new(SliceWatch {
+                        cache,
+                        task: task.abort_handle(),
+                        last_used_ms: AtomicU64::new(0),
+                        published: AtomicBool::new(false),
+                    })
                 });
                 w.last_used_ms.store(self.now_ms(), Ordering::Relaxed);
-                if !w.cache.is_synced() {
-                    waits.push(w.cache.clone());
+                if !(w.cache.is_synced() && w.published.load(Ordering::Acquire)) {
+                    waits.push(w.clone());
                 }
             }
         }
@@ -145,12 +157,13 @@ impl KubeSource {
         }
         let deadline = self.demand_wait;
         let all = async {
-            for c in &waits {
-                c.wait_synced().await;
+            for w in &waits {
+                w.cache.wait_synced().await;
             }
-            // The compile loop publishes after the last list; wait for that generation.
+            // The compile loop publishes after the list; wait until a state built from
+            // every one of these lists is out.
             let mut tick = tokio::time::interval(Duration::from_millis(2));
-            while shared.load().version == before {
+            while !waits.iter().all(|w| w.published.load(Ordering::Acquire)) {
                 tick.tick().await;
             }
         };
@@ -188,8 +201,19 @@ impl KubeSource {
         let services = self.services.values();
         let routes = self.routes.values();
         let grants = self.grants.values();
+        // Watches listed before their values are read: the state published below
+        // holds their complete lists.
+        let mut listed = Vec::new();
         let slices: Vec<Arc<EndpointSlice>> = match self.slices.read() {
-            Ok(m) => m.values().flat_map(|w| w.cache.values()).collect(),
+            Ok(m) => m
+                .values()
+                .flat_map(|w| {
+                    if w.cache.is_synced() {
+                        listed.push(w.clone());
+                    }
+                    w.cache.values()
+                })
+                .collect(),
             Err(_) => Vec::new(),
         };
         let snapshot = Snapshot {
@@ -199,7 +223,11 @@ impl KubeSource {
             reference_grants: grants.iter().map(|g| g.as_ref()).collect(),
         };
         let state = compile(&snapshot, &self.options);
-        shared.publish(state, BTreeMap::new())
+        let version = shared.publish(state, BTreeMap::new());
+        for w in listed {
+            w.published.store(true, Ordering::Release);
+        }
+        version
     }
 
     /// Waits for the initial lists, publishes, marks ready, then recompiles on every

@@ -101,7 +101,8 @@ pub async fn run(args: config::Args) -> anyhow::Result<()> {
     let admin_router = admin::router(admin_state.clone());
     let mut admin_stop = stop_rx.clone();
     tokio::spawn(async move {
-        let serve = axum::serve(admin, admin_router).with_graceful_shutdown(async move {
+        let service = admin_router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let serve = axum::serve(admin, service).with_graceful_shutdown(async move {
             let _ = admin_stop.changed().await;
         });
         if let Err(e) = serve.await {

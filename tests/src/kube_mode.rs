@@ -62,12 +62,15 @@ pub fn skip_unless_root(test: &str) -> bool {
     if is_root() {
         return true;
     }
-    eprintln!(
+    // Straight to the stderr handle: libtest captures `eprintln!`, and a skip must be
+    // seen even when the test "passes".
+    let msg = format!(
         "\n************************************************************************\n\
          SKIPPED: {test}: needs root (ip netns / veth for non-loopback backend\n\
          addresses, which the API server requires in EndpointSlices); run as root.\n\
          ************************************************************************\n"
     );
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), msg.as_bytes());
     false
 }
 

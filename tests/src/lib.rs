@@ -13,6 +13,8 @@
 //! - [`Metrics`]: a small Prometheus text-format parser.
 //! - [`kube_mode`]: Kubernetes mode — a real control plane (`strait-testenv`),
 //!   backends on addresses of a test-owned veth, the status controller process.
+//! - [`pods`]: meshed pods — a minimal kubelet and EndpointSlice controller
+//!   against the real API server and injection webhook, pods in network namespaces.
 //! - [`raw_h2`]: a gRPC transport without tonic's client-side deadline, so a
 //!   test can see the status the *proxy* produces for an expired `grpc-timeout`.
 
@@ -20,6 +22,7 @@
 
 pub mod injector;
 pub mod kube_mode;
+pub mod pods;
 
 use std::collections::BTreeMap;
 use std::future::Future;
