@@ -97,6 +97,14 @@ pub struct Args {
     #[arg(long, env = "STRAIT_DETECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub detect_timeout: Duration,
 
+    /// Retries of requests whose connection attempt failed (never reached a backend)
+    /// may add at most this share of recent requests...
+    #[arg(long, env = "STRAIT_RETRY_BUDGET_RATIO", default_value_t = 0.2)]
+    pub retry_budget_ratio: f64,
+    /// ...plus this many per second.
+    #[arg(long, env = "STRAIT_RETRY_BUDGET_MIN_PER_SECOND", default_value_t = 10)]
+    pub retry_budget_min_per_second: u64,
+
     #[command(flatten)]
     pub h2: H2Limits,
 }
@@ -140,6 +148,8 @@ pub enum ConfigError {
     Namespace(String),
     #[error("--log-format must be plain or json, not {0:?}")]
     LogFormat(String),
+    #[error("--retry-budget-ratio {0} must be within 0..=10")]
+    RetryRatio(String),
     #[error("--{0} must be greater than zero")]
     Zero(&'static str),
 }
@@ -177,6 +187,9 @@ impl Args {
         }
         if self.h2.max_concurrent_streams == 0 {
             return Err(ConfigError::Zero("max-concurrent-streams"));
+        }
+        if !(0.0..=10.0).contains(&self.retry_budget_ratio) {
+            return Err(ConfigError::RetryRatio(self.retry_budget_ratio.to_string()));
         }
         if self.config_poll.is_zero() {
             return Err(ConfigError::Zero("config-poll"));

@@ -13,6 +13,7 @@ pub mod grpc;
 pub mod kube_source;
 pub mod pool;
 pub mod proxy;
+pub mod retry;
 pub mod server;
 pub mod state;
 pub mod telemetry;
@@ -49,6 +50,7 @@ pub async fn run(args: config::Args) -> anyhow::Result<()> {
         namespace: args.namespace.clone(),
         cluster_domain: args.cluster_domain.clone(),
         inbound_app_addr: args.inbound_app_addr,
+        retry_budget: retry::RetryBudget::new(args.retry_budget_ratio, args.retry_budget_min_per_second),
     });
 
     // Bind everything first so a port conflict fails start-up, not a later request.

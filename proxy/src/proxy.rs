@@ -29,6 +29,7 @@ pub struct Proxy {
     pub namespace: String,
     pub cluster_domain: String,
     pub inbound_app_addr: SocketAddr,
+    pub retry_budget: crate::retry::RetryBudget,
 }
 
 /// Why the proxy answered a request itself.
@@ -267,9 +268,15 @@ impl Proxy {
     ) -> Result<(Response<Incoming>, crate::pool::PendingGuard), Refusal> {
         let _ = is_grpc;
         let started = Instant::now();
+        self.retry_budget.deposit(started);
         let mut exclude = None;
         let mut last_error = String::from("no endpoints");
-        for _attempt in 0..MAX_CONNECT_ATTEMPTS {
+        for attempt in 0..MAX_CONNECT_ATTEMPTS {
+            if attempt > 0 && !self.retry_budget.try_withdraw(Instant::now()) {
+                telemetry::proxy_error(side, "retry_budget_exhausted");
+                last_error = format!("{last_error} (retry budget exhausted)");
+                break;
+            }
             let Some(upstream) = self.pool.pick(endpoints, exclude) else {
                 break;
             };
