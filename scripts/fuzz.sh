@@ -12,13 +12,15 @@ for t in manifest_yaml routing_compile; do
   mkdir -p "corpus/$t"
   cp ../deploy/examples/*.yaml "corpus/$t/" 2>/dev/null || true
 done
-cargo +nightly fuzz build -O
+# Outside the clone, so CI's fresh clones reuse the (slow, sanitized) build.
+target_dir="${STRAIT_CACHE:-$HOME/.cache/strait}/fuzz-target"
+cargo +nightly fuzz build -O --target-dir "$target_dir"
 failed=0
 for target in $(cargo +nightly fuzz list); do
   echo "== fuzz $target for ${seconds}s"
   mkdir -p "corpus/$target"
   # -rss_limit_mb bounds memory: unbounded allocation is a finding, not an OOM of the box.
-  if ! cargo +nightly fuzz run -O "$target" "corpus/$target" -- \
+  if ! cargo +nightly fuzz run -O --target-dir "$target_dir" "$target" "corpus/$target" -- \
       -max_total_time="$seconds" -rss_limit_mb=1024 -max_len=65536 -print_final_stats=1 2>&1 | tail -n 12; then
     echo "fuzz: $target FAILED (see fuzz/artifacts/$target)"
     failed=1
