@@ -2,25 +2,22 @@
 //! backend, so a retry cannot duplicate work) is sent to another endpoint, but only
 //! while retries stay under `ratio` of recent requests plus a small floor per second.
 //! A failing backend therefore costs at most ~(1 + ratio)x the load, never a storm.
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+//!
+//! Every request deposits, so the counters are atomics in per-second buckets (no lock
+//! on the request path); a bucket is recycled when its second comes round again.
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
-const BUCKETS: usize = 10;
-const BUCKET: Duration = Duration::from_secs(1);
-
-#[derive(Debug)]
-struct Window {
-    requests: [u64; BUCKETS],
-    retries: [u64; BUCKETS],
-    /// Start of the bucket at `head`.
-    head_start: Instant,
-    head: usize,
-}
+const BUCKETS: u64 = 10;
 
 pub struct RetryBudget {
     ratio: f64,
     min_per_second: u64,
-    window: Mutex<Window>,
+    epoch: Instant,
+    /// Per bucket: the second it holds, requests, retries.
+    seconds: [AtomicU64; BUCKETS as usize],
+    requests: [AtomicU64; BUCKETS as usize],
+    retries: [AtomicU64; BUCKETS as usize],
 }
 
 impl RetryBudget {
@@ -28,44 +25,52 @@ impl RetryBudget {
         RetryBudget {
             ratio,
             min_per_second,
-            window: Mutex::new(Window { requests: [0; BUCKETS], retries: [0; BUCKETS], head_start: Instant::now(), head: 0 }),
+            epoch: Instant::now(),
+            seconds: std::array::from_fn(|_| AtomicU64::new(u64::MAX)),
+            requests: std::array::from_fn(|_| AtomicU64::new(0)),
+            retries: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 
-    fn advance(w: &mut Window, now: Instant) {
-        let mut steps = 0;
-        while now.duration_since(w.head_start) >= BUCKET && steps < BUCKETS {
-            w.head = (w.head + 1) % BUCKETS;
-            w.requests[w.head] = 0;
-            w.retries[w.head] = 0;
-            w.head_start += BUCKET;
-            steps += 1;
+    /// The bucket for `now`, reset if it still holds an older second. Races between
+    /// two resets lose a few counts at a second boundary, which a budget tolerates.
+    fn bucket(&self, now: Instant) -> (usize, u64) {
+        let second = now.saturating_duration_since(self.epoch).as_secs();
+        let i = (second % BUCKETS) as usize;
+        let held = self.seconds[i].load(Ordering::Relaxed);
+        if held != second && self.seconds[i].compare_exchange(held, second, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            self.requests[i].store(0, Ordering::Relaxed);
+            self.retries[i].store(0, Ordering::Relaxed);
         }
-        if now.duration_since(w.head_start) >= BUCKET {
-            // Idle longer than the window: start afresh.
-            w.head_start = now;
+        (i, second)
+    }
+
+    fn window_sums(&self, second: u64) -> (u64, u64) {
+        let mut requests = 0;
+        let mut retries = 0;
+        for i in 0..BUCKETS as usize {
+            let s = self.seconds[i].load(Ordering::Relaxed);
+            if s != u64::MAX && second.saturating_sub(s) < BUCKETS {
+                requests += self.requests[i].load(Ordering::Relaxed);
+                retries += self.retries[i].load(Ordering::Relaxed);
+            }
         }
+        (requests, retries)
     }
 
     /// Records a request (a deposit).
     pub fn deposit(&self, now: Instant) {
-        if let Ok(mut w) = self.window.lock() {
-            Self::advance(&mut w, now);
-            let h = w.head;
-            w.requests[h] += 1;
-        }
+        let (i, _) = self.bucket(now);
+        self.requests[i].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Takes one retry from the budget if it allows one.
     pub fn try_withdraw(&self, now: Instant) -> bool {
-        let Ok(mut w) = self.window.lock() else { return false };
-        Self::advance(&mut w, now);
-        let requests: u64 = w.requests.iter().sum();
-        let retries: u64 = w.retries.iter().sum();
-        let allowed = (self.min_per_second * BUCKETS as u64) as f64 + self.ratio * requests as f64;
+        let (i, second) = self.bucket(now);
+        let (requests, retries) = self.window_sums(second);
+        let allowed = (self.min_per_second * BUCKETS) as f64 + self.ratio * requests as f64;
         if (retries as f64) < allowed {
-            let h = w.head;
-            w.retries[h] += 1;
+            self.retries[i].fetch_add(1, Ordering::Relaxed);
             true
         } else {
             false
@@ -76,6 +81,7 @@ impl RetryBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn budget_is_ratio_plus_floor() {

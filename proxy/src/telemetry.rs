@@ -44,12 +44,60 @@ impl Side {
     }
 }
 
-/// Interned label values for one gRPC method, and the call type learnt from earlier calls.
+/// Interned label values for one gRPC method, the call type learnt from earlier calls,
+/// and the metric handles already registered for it: looking a handle up by label set
+/// in the recorder on every call (building the key, hashing five strings) was the
+/// costliest part of recording metrics per request.
 pub struct MethodInfo {
     service: SharedString,
     method: SharedString,
     /// 0 = not yet seen; otherwise index+1 into TYPES.
     learned_type: AtomicU8,
+    handles: RwLock<HashMap<HandleKey, Handle>>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum HandleKey {
+    Started { side: u8, grpc_type: &'static str },
+    Handled { side: u8, grpc_type: &'static str, code: &'static str },
+    Seconds { side: u8, grpc_type: &'static str },
+}
+
+#[derive(Clone)]
+enum Handle {
+    Counter(metrics::Counter),
+    Histogram(metrics::Histogram),
+}
+
+impl MethodInfo {
+    fn new(service: SharedString, method: SharedString) -> Self {
+        MethodInfo { service, method, learned_type: AtomicU8::new(0), handles: RwLock::new(HashMap::new()) }
+    }
+
+    fn handle(&self, key: HandleKey, make: impl FnOnce() -> Handle) -> Option<Handle> {
+        if let Some(h) = self.handles.read().ok().and_then(|m| m.get(&key).cloned()) {
+            return Some(h);
+        }
+        let h = make();
+        if let Ok(mut m) = self.handles.write() {
+            m.insert(key, h.clone());
+        }
+        Some(h)
+    }
+
+    fn counter(&self, key: HandleKey, make: impl FnOnce() -> metrics::Counter) -> Option<metrics::Counter> {
+        match self.handle(key, || Handle::Counter(make()))? {
+            Handle::Counter(c) => Some(c),
+            Handle::Histogram(_) => None,
+        }
+    }
+
+    fn histogram(&self, key: HandleKey, make: impl FnOnce() -> metrics::Histogram) -> Option<metrics::Histogram> {
+        match self.handle(key, || Handle::Histogram(make()))? {
+            Handle::Histogram(h) => Some(h),
+            Handle::Counter(_) => None,
+        }
+    }
 }
 
 const TYPES: [&str; 4] = ["unary", "client_stream", "server_stream", "bidi_stream"];
@@ -88,22 +136,15 @@ impl MethodTable {
             None => ("unknown".to_owned(), "unknown".to_owned()),
         };
         let Ok(mut map) = self.methods.write() else {
-            return Arc::new(MethodInfo {
-                service: service.into(),
-                method: method.into(),
-                learned_type: AtomicU8::new(0),
-            });
+            return Arc::new(MethodInfo::new(service.into(), method.into()));
         };
         if map.len() >= MAX_METHODS {
-            let other = map.entry("<other>".into()).or_insert_with(|| {
-                Arc::new(MethodInfo { service: "other".into(), method: "other".into(), learned_type: AtomicU8::new(0) })
-            });
+            let other =
+                map.entry("<other>".into()).or_insert_with(|| Arc::new(MethodInfo::new("other".into(), "other".into())));
             return other.clone();
         }
         map.entry(path.into())
-            .or_insert_with(|| {
-                Arc::new(MethodInfo { service: service.into(), method: method.into(), learned_type: AtomicU8::new(0) })
-            })
+            .or_insert_with(|| Arc::new(MethodInfo::new(service.into(), method.into())))
             .clone()
     }
 }
@@ -128,7 +169,13 @@ pub struct CallMetrics {
 impl CallMetrics {
     pub fn start(side: Side, method: Arc<MethodInfo>) -> Self {
         let (started, _, _) = side.names();
-        metrics::counter!(started, "grpc_type" => method.learned(), "grpc_service" => method.service.clone(), "grpc_method" => method.method.clone()).increment(1);
+        let grpc_type = method.learned();
+        let key = HandleKey::Started { side: side as u8, grpc_type };
+        if let Some(c) = method.counter(key, || {
+            metrics::counter!(started, "grpc_type" => grpc_type, "grpc_service" => method.service.clone(), "grpc_method" => method.method.clone())
+        }) {
+            c.increment(1);
+        }
         CallMetrics { side, method, start: Instant::now(), route: None }
     }
 
@@ -148,10 +195,18 @@ impl CallMetrics {
         self.method.learn(grpc_type);
         let elapsed = self.start.elapsed().as_secs_f64();
         let (_, handled, seconds) = self.side.names();
-        let (svc, m) = (self.method.service.clone(), self.method.method.clone());
-        metrics::counter!(handled, "grpc_type" => grpc_type, "grpc_service" => svc.clone(), "grpc_method" => m.clone(), "grpc_code" => code).increment(1);
-        metrics::histogram!(seconds, "grpc_type" => grpc_type, "grpc_service" => svc, "grpc_method" => m)
-            .record(elapsed);
+        let side = self.side as u8;
+        let info = &self.method;
+        if let Some(c) = info.counter(HandleKey::Handled { side, grpc_type, code }, || {
+            metrics::counter!(handled, "grpc_type" => grpc_type, "grpc_service" => info.service.clone(), "grpc_method" => info.method.clone(), "grpc_code" => code)
+        }) {
+            c.increment(1);
+        }
+        if let Some(h) = info.histogram(HandleKey::Seconds { side, grpc_type }, || {
+            metrics::histogram!(seconds, "grpc_type" => grpc_type, "grpc_service" => info.service.clone(), "grpc_method" => info.method.clone())
+        }) {
+            h.record(elapsed);
+        }
         if let Some(r) = self.route {
             metrics::counter!("strait_route_requests_total", "parent" => r.parent.clone(), "route" => r.route.clone(), "rule" => r.rule.clone(), "backend" => r.backend.clone(), "grpc_code" => code).increment(1);
             metrics::histogram!("strait_route_request_duration_seconds", "parent" => r.parent, "route" => r.route, "rule" => r.rule, "backend" => r.backend).record(elapsed);
