@@ -51,6 +51,7 @@ pub async fn run(args: config::Args) -> anyhow::Result<()> {
         cluster_domain: args.cluster_domain.clone(),
         inbound_app_addr: args.inbound_app_addr,
         retry_budget: retry::RetryBudget::new(args.retry_budget_ratio, args.retry_budget_min_per_second),
+        route_metrics: telemetry::RouteMetricsCache::default(),
     });
 
     // Bind everything first so a port conflict fails start-up, not a later request.
@@ -77,6 +78,7 @@ pub async fn run(args: config::Args) -> anyhow::Result<()> {
     let upkeep_proxy = proxy.clone();
     let on_publish = move || {
         upkeep_proxy.pool.retain(&upkeep_proxy.live_endpoints());
+        upkeep_proxy.route_metrics.clear();
         metrics::gauge!("strait_config_generation").set(upkeep_proxy.shared.load().version as f64);
     };
     match (&args.config_dir, kube) {

@@ -188,6 +188,40 @@ impl Pool {
         }
     }
 
+    /// For a retry after a failed connection attempt: power of two choices among the
+    /// endpoints *known to work* (answered before, no connect failure since, not
+    /// backed off), so the retry does not land on another unproven endpoint — with
+    /// many dead endpoints whose backoffs expire together, unmeasured (cost 0) dead
+    /// ones would otherwise win every draw and a request could spend all its attempts
+    /// on them. None when no endpoint is known to work.
+    pub fn pick_known_good(&self, set: &EndpointSet, exclude: Option<SocketAddr>) -> Option<Arc<Upstream>> {
+        let now = self.now_ns();
+        let good: Vec<Arc<Upstream>> = set
+            .endpoints
+            .iter()
+            .map(|e| self.upstream(e.addr))
+            .filter(|u| {
+                Some(u.addr) != exclude
+                    && self.is_healthy(u, now)
+                    && u.consecutive_failures.load(Ordering::Relaxed) == 0
+                    && u.samples.load(Ordering::Relaxed) > 0
+            })
+            .collect();
+        match good.len() {
+            0 => None,
+            1 => good.into_iter().next(),
+            n => {
+                let a = fastrand::usize(..n);
+                let mut b = fastrand::usize(..n - 1);
+                if b >= a {
+                    b += 1;
+                }
+                let pick = if self.cost(&good[a], now) <= self.cost(&good[b], now) { a } else { b };
+                Some(good[pick].clone())
+            }
+        }
+    }
+
     pub fn start_request(&self, u: &Arc<Upstream>) -> PendingGuard {
         u.pending.fetch_add(1, Ordering::Relaxed);
         PendingGuard { upstream: u.clone() }
@@ -322,6 +356,23 @@ mod tests {
         assert_eq!(p.pick(&s, Some(s.endpoints[0].addr)).map(|u| u.addr), Some(s.endpoints[1].addr));
         assert!(p.pick(&set(0), None).is_none());
         assert!(p.pick(&set(1), Some(set(1).endpoints[0].addr)).is_none());
+    }
+
+    #[test]
+    fn retry_goes_to_a_known_good_endpoint() {
+        let p = pool();
+        let s = set(20);
+        // Nothing measured yet: no endpoint is known to work.
+        assert!(p.pick_known_good(&s, None).is_none());
+        let good = p.upstream(s.endpoints[7].addr);
+        p.observe_rtt(&good, Duration::from_millis(1));
+        let failed = p.upstream(s.endpoints[3].addr);
+        p.observe_rtt(&failed, Duration::from_millis(1));
+        p.mark_failed(&failed);
+        for _ in 0..50 {
+            assert_eq!(p.pick_known_good(&s, None).map(|u| u.addr), Some(good.addr));
+        }
+        assert!(p.pick_known_good(&s, Some(good.addr)).is_none());
     }
 
     #[test]

@@ -3,7 +3,7 @@ use crate::body::{self, ObservedBody, Outcome, ProxyBody, RequestBody};
 use crate::grpc::{self, Code};
 use crate::pool::{Pool, Upstream};
 use crate::state::SharedState;
-use crate::telemetry::{self, CallMetrics, MethodTable, RouteLabels, Side};
+use crate::telemetry::{self, CallMetrics, MethodTable, Side};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use std::collections::HashSet;
@@ -30,6 +30,7 @@ pub struct Proxy {
     pub cluster_domain: String,
     pub inbound_app_addr: SocketAddr,
     pub retry_budget: crate::retry::RetryBudget,
+    pub route_metrics: telemetry::RouteMetricsCache,
 }
 
 /// Why the proxy answered a request itself.
@@ -48,8 +49,8 @@ fn refuse(code: Code, reason: &'static str, message: impl Into<String>) -> Refus
 pub struct Routed {
     pub rule: Arc<Rule>,
     pub backend: usize,
-    pub parent: String,
     pub parent_key: ServiceKey,
+    pub parent_port: u16,
 }
 
 impl Routed {
@@ -111,20 +112,21 @@ impl Proxy {
             };
             refuse(Code::Unavailable, reason, e.to_string())
         })?;
-        let parent = format!("{}/{}:{}", dest.namespace, dest.name, port.port);
+        let parent = || format!("{}/{}:{}", dest.namespace, dest.name, port.port);
         let table = port.table_for(&self.namespace);
         let entry = table.route(req).ok_or_else(|| {
-            refuse(Code::Unimplemented, "no_route", format!("no GRPCRoute rule for {parent} matches {}", req.path))
+            refuse(Code::Unimplemented, "no_route", format!("no GRPCRoute rule for {} matches {}", parent(), req.path))
         })?;
         let rule = entry.rule.clone();
         let backend = rule.pick_backend_index(random).ok_or_else(|| {
             refuse(
                 Code::Unavailable,
                 "no_backend",
-                format!("rule {} of {parent} has no backend with weight", describe_rule(&rule)),
+                format!("rule {} of {} has no backend with weight", describe_rule(&rule), parent()),
             )
         })?;
-        Ok(Routed { rule, backend, parent, parent_key: ServiceKey::new(dest.namespace, dest.name) })
+        let parent_port = port.port;
+        Ok(Routed { rule, backend, parent_key: ServiceKey::new(dest.namespace, dest.name), parent_port })
     }
 
     /// Explicit outbound: the destination Service is named by `:authority`.
@@ -162,7 +164,7 @@ impl Proxy {
             Err(refusal) => return Ok(self.refused(Side::Outbound, is_grpc, call, refusal)),
         };
         let backend = routed.backend();
-        call.set_route(route_labels(&routed));
+        call.set_route(self.route_metrics.get(&routed));
         let (mut parts, incoming) = req.into_parts();
         if let Some(f) = &routed.rule.request_header_modifier {
             f.apply(&mut parts.headers);
@@ -277,7 +279,12 @@ impl Proxy {
                 last_error = format!("{last_error} (retry budget exhausted)");
                 break;
             }
-            let Some(upstream) = self.pool.pick(endpoints, exclude) else {
+            // A retry goes to an endpoint known to work when there is one.
+            let picked = match attempt {
+                0 => self.pool.pick(endpoints, exclude),
+                _ => self.pool.pick_known_good(endpoints, exclude).or_else(|| self.pool.pick(endpoints, exclude)),
+            };
+            let Some(upstream) = picked else {
                 break;
             };
             let guard = self.pool.start_request(&upstream);
@@ -443,12 +450,3 @@ pub fn describe_rule(rule: &Rule) -> String {
     }
 }
 
-fn route_labels(r: &Routed) -> RouteLabels {
-    let b = r.backend();
-    RouteLabels {
-        parent: r.parent.clone().into(),
-        route: r.rule.route.as_ref().map_or_else(|| "default".to_owned(), |x| x.to_string()).into(),
-        rule: r.rule.rule_name.clone().unwrap_or_else(|| r.rule.rule_index.to_string()).into(),
-        backend: format!("{}:{}", b.service, b.port).into(),
-    }
-}

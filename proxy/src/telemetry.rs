@@ -149,13 +149,69 @@ impl MethodTable {
     }
 }
 
-/// Route labels of an outbound call: parent Service port, route, rule, backend.
-#[derive(Clone, Debug)]
-pub struct RouteLabels {
-    pub parent: SharedString,
-    pub route: SharedString,
-    pub rule: SharedString,
-    pub backend: SharedString,
+/// The per-route metric handles of one (rule, backend, parent Service port).
+pub struct RouteHandles {
+    labels: [SharedString; 4],
+    requests: RwLock<HashMap<&'static str, metrics::Counter>>,
+    duration: metrics::Histogram,
+}
+
+impl RouteHandles {
+    fn requests(&self, code: &'static str) -> metrics::Counter {
+        if let Some(c) = self.requests.read().ok().and_then(|m| m.get(code).cloned()) {
+            return c;
+        }
+        let [parent, route, rule, backend] = self.labels.clone();
+        let c = metrics::counter!("strait_route_requests_total", "parent" => parent, "route" => route, "rule" => rule, "backend" => backend, "grpc_code" => code);
+        if let Ok(mut m) = self.requests.write() {
+            m.insert(code, c.clone());
+        }
+        c
+    }
+}
+
+type RouteKey = (usize, usize, u16);
+/// A cached entry: the pinned rule, the parent Service, its handles.
+type RouteEntry = (Arc<strait_routing::Rule>, strait_routing::ServiceKey, Arc<RouteHandles>);
+
+/// Route metric handles, built once per (rule, backend, parent) instead of formatting
+/// four label strings and looking them up in the recorder on every request. Entries
+/// hold their `Rule` so a pointer key is never reused while cached; the cache is
+/// cleared whenever a new configuration is published.
+#[derive(Default)]
+pub struct RouteMetricsCache {
+    entries: RwLock<HashMap<RouteKey, Vec<RouteEntry>>>,
+}
+
+impl RouteMetricsCache {
+    pub fn get(&self, r: &crate::proxy::Routed) -> Arc<RouteHandles> {
+        let key = (Arc::as_ptr(&r.rule) as usize, r.backend, r.parent_port);
+        if let Ok(m) = self.entries.read()
+            && let Some(found) = m.get(&key).and_then(|v| v.iter().find(|(_, p, _)| *p == r.parent_key))
+        {
+            return found.2.clone();
+        }
+        let b = r.backend();
+        let labels: [SharedString; 4] = [
+            format!("{}:{}", r.parent_key, r.parent_port).into(),
+            r.rule.route.as_ref().map_or_else(|| "default".to_owned(), |x| x.to_string()).into(),
+            r.rule.rule_name.clone().unwrap_or_else(|| r.rule.rule_index.to_string()).into(),
+            format!("{}:{}", b.service, b.port).into(),
+        ];
+        let [parent, route, rule, backend] = labels.clone();
+        let duration = metrics::histogram!("strait_route_request_duration_seconds", "parent" => parent, "route" => route, "rule" => rule, "backend" => backend);
+        let handles = Arc::new(RouteHandles { labels, requests: RwLock::new(HashMap::new()), duration });
+        if let Ok(mut m) = self.entries.write() {
+            m.entry(key).or_default().push((r.rule.clone(), r.parent_key.clone(), handles.clone()));
+        }
+        handles
+    }
+
+    pub fn clear(&self) {
+        if let Ok(mut m) = self.entries.write() {
+            m.clear();
+        }
+    }
 }
 
 /// One call being measured; [`CallMetrics::finish`] records it.
@@ -163,7 +219,7 @@ pub struct CallMetrics {
     side: Side,
     method: Arc<MethodInfo>,
     start: Instant,
-    route: Option<RouteLabels>,
+    route: Option<Arc<RouteHandles>>,
 }
 
 impl CallMetrics {
@@ -179,8 +235,8 @@ impl CallMetrics {
         CallMetrics { side, method, start: Instant::now(), route: None }
     }
 
-    pub fn set_route(&mut self, labels: RouteLabels) {
-        self.route = Some(labels);
+    pub fn set_route(&mut self, handles: Arc<RouteHandles>) {
+        self.route = Some(handles);
     }
 
     /// Records a call that ended. A stream dropped before its end without a status
@@ -208,8 +264,8 @@ impl CallMetrics {
             h.record(elapsed);
         }
         if let Some(r) = self.route {
-            metrics::counter!("strait_route_requests_total", "parent" => r.parent.clone(), "route" => r.route.clone(), "rule" => r.rule.clone(), "backend" => r.backend.clone(), "grpc_code" => code).increment(1);
-            metrics::histogram!("strait_route_request_duration_seconds", "parent" => r.parent, "route" => r.route, "rule" => r.rule, "backend" => r.backend).record(elapsed);
+            r.requests(code).increment(1);
+            r.duration.record(elapsed);
         }
     }
 }
