@@ -71,7 +71,11 @@ async fn routes(State(s): State<AdminState>, ConnectInfo(peer): ConnectInfo<Sock
 
 /// `/routes/query?authority=svc.ns:port&path=/pkg.Svc/Method&header=name:value&namespace=ns`
 /// answers which table, rule and backends a request would get.
-async fn query(State(s): State<AdminState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, RawQuery(q): RawQuery) -> Response {
+async fn query(
+    State(s): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(q): RawQuery,
+) -> Response {
     if let Some(denied) = loopback_only(peer) {
         return denied;
     }

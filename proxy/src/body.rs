@@ -47,6 +47,11 @@ pin_project_lite::pin_project! {
         counter: MessageCounter,
         grpc_status: Option<u32>,
         on_complete: Option<OnComplete>,
+        // gRPC response: an upstream failure mid-stream ends the stream with
+        // grpc-status UNAVAILABLE trailers instead of a reset (which clients read as
+        // INTERNAL), since the backend connection, not the call, failed.
+        grpc: bool,
+        finished: bool,
     }
     impl<B> PinnedDrop for ObservedBody<B> {
         fn drop(this: Pin<&mut Self>) {
@@ -66,8 +71,25 @@ impl<B> ObservedBody<B> {
             counter: MessageCounter::default(),
             grpc_status: headers_status,
             on_complete: Some(on_complete),
+            grpc: false,
+            finished: false,
         }
     }
+
+    /// Marks the response as gRPC (see the `grpc` field).
+    pub fn grpc(mut self, grpc: bool) -> Self {
+        self.grpc = grpc;
+        self
+    }
+}
+
+fn unavailable_trailers(message: &str) -> http::HeaderMap {
+    let mut t = http::HeaderMap::new();
+    t.insert("grpc-status", http::HeaderValue::from_static("14"));
+    if let Ok(v) = http::HeaderValue::from_str(&grpc::percent_encode(message)) {
+        t.insert("grpc-message", v);
+    }
+    t
 }
 
 impl<B> Body for ObservedBody<B>
@@ -80,7 +102,19 @@ where
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
-        let polled = this.inner.poll_frame(cx);
+        if *this.finished {
+            return Poll::Ready(None);
+        }
+        let polled = this.inner.poll_frame(cx).map(|o| o.map(|r| r.map_err(Into::<BoxError>::into)));
+        if let (Poll::Ready(Some(Err(e))), true, None) = (&polled, *this.grpc, *this.grpc_status) {
+            let message = format!("upstream failed mid-stream: {e}");
+            *this.finished = true;
+            *this.grpc_status = Some(14);
+            if let Some(f) = this.on_complete.take() {
+                f(Outcome { grpc_status: Some(14), response_messages: this.counter.messages, completed: true });
+            }
+            return Poll::Ready(Some(Ok(Frame::trailers(unavailable_trailers(&message)))));
+        }
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -111,11 +145,11 @@ where
             }
             Poll::Pending => {}
         }
-        polled.map(|o| o.map(|r| r.map_err(Into::into)))
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.finished || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -245,6 +279,25 @@ mod tests {
         assert_eq!(collected.trailers().and_then(grpc::status_of), Some(5));
         let seen = seen.lock().expect("lock").clone();
         assert_eq!(seen, vec![Outcome { grpc_status: Some(5), response_messages: 2, completed: true }]);
+    }
+
+    #[tokio::test]
+    async fn upstream_failure_mid_stream_becomes_unavailable_trailers() {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> =
+            vec![Ok(Frame::data(grpc_frame(3))), Err("connection reset".into())];
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        let body = ObservedBody::new(
+            StreamBody::new(tokio_stream_iter(frames)),
+            None,
+            Box::new(move |o| s2.lock().expect("lock").push(o)),
+        )
+        .grpc(true);
+        let collected = body.collect().await.expect("ends cleanly");
+        let trailers = collected.trailers().expect("trailers");
+        assert_eq!(grpc::status_of(trailers), Some(14));
+        assert!(trailers["grpc-message"].to_str().expect("ascii").contains("connection reset"));
+        assert_eq!(seen.lock().expect("lock")[0].grpc_status, Some(14));
     }
 
     #[tokio::test]

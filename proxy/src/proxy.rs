@@ -380,6 +380,7 @@ fn observe(
     guard: crate::pool::PendingGuard,
 ) -> Response<ProxyBody> {
     let headers_status = grpc::status_of(resp.headers());
+    let is_grpc = grpc::is_grpc(resp.headers());
     let (parts, incoming) = resp.into_parts();
     let body = ObservedBody::new(
         incoming,
@@ -388,7 +389,8 @@ fn observe(
             drop(guard);
             call.finish(outcome, request_messages.load(Ordering::Relaxed));
         }),
-    );
+    )
+    .grpc(is_grpc);
     Response::from_parts(parts, body::boxed(body))
 }
 
@@ -449,4 +451,3 @@ pub fn describe_rule(rule: &Rule) -> String {
         (Some(r), None) => format!("{r}#{}", rule.rule_index),
     }
 }
-

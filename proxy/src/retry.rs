@@ -38,7 +38,8 @@ impl RetryBudget {
         let second = now.saturating_duration_since(self.epoch).as_secs();
         let i = (second % BUCKETS) as usize;
         let held = self.seconds[i].load(Ordering::Relaxed);
-        if held != second && self.seconds[i].compare_exchange(held, second, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+        if held != second && self.seconds[i].compare_exchange(held, second, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+        {
             self.requests[i].store(0, Ordering::Relaxed);
             self.retries[i].store(0, Ordering::Relaxed);
         }

@@ -139,13 +139,12 @@ impl MethodTable {
             return Arc::new(MethodInfo::new(service.into(), method.into()));
         };
         if map.len() >= MAX_METHODS {
-            let other =
-                map.entry("<other>".into()).or_insert_with(|| Arc::new(MethodInfo::new("other".into(), "other".into())));
+            let other = map
+                .entry("<other>".into())
+                .or_insert_with(|| Arc::new(MethodInfo::new("other".into(), "other".into())));
             return other.clone();
         }
-        map.entry(path.into())
-            .or_insert_with(|| Arc::new(MethodInfo::new(service.into(), method.into())))
-            .clone()
+        map.entry(path.into()).or_insert_with(|| Arc::new(MethodInfo::new(service.into(), method.into()))).clone()
     }
 }
 

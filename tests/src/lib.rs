@@ -20,6 +20,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod hostile;
 pub mod injector;
 pub mod kube_mode;
 pub mod pods;
