@@ -53,3 +53,16 @@ tools:
 
 cluster: tools
 	STRAIT_CACHE="$(STRAIT_CACHE)" $(CARGO) run -p strait-testenv --bin strait-testenv
+
+# --- Benchmark (bench/, scripts/bench.sh) ---
+# bench:       proxy comparison (direct, Strait outbound, Strait mesh, nginx grpc_pass,
+#              HAProxy h2) + the Kubernetes-mode scale test; target/bench/results.{md,json},
+#              latency.png. BENCH_QUICK=1: ~1 minute, comparison only.
+# bench-scale: only the scale test (10k Services, 50k endpoints, 1k GRPCRoutes).
+.PHONY: bench bench-scale
+
+bench:
+	STRAIT_CACHE="$(STRAIT_CACHE)" ./scripts/bench.sh all
+
+bench-scale:
+	STRAIT_CACHE="$(STRAIT_CACHE)" ./scripts/bench.sh scale

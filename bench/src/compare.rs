@@ -1,0 +1,571 @@
+//! The proxy comparison: one backend, five paths to it, every point measured on all
+//! paths side by side (interleaved per repeat, path order rotated), medians of repeats.
+use crate::load::{self, Mode, RunResult, Target, Workload};
+use crate::procs::{self, Proc, RssSampler};
+use crate::report;
+use anyhow::{Context, Result, bail};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The authority every path is called with (Strait routes on it; the others ignore it),
+/// so all paths carry identical request headers.
+pub const AUTHORITY: &str = "echo.bench.svc.cluster.local:50051";
+const NS: &str = "bench";
+
+#[derive(Clone, Debug)]
+pub struct Opts {
+    pub out_dir: PathBuf,
+    pub bin_dir: PathBuf,
+    pub quick: bool,
+    /// Seconds per open-loop point run.
+    pub duration: Duration,
+    /// Seconds per closed-loop saturation run.
+    pub sat_duration: Duration,
+    pub repeats: usize,
+    pub concurrency: usize,
+    pub conns: usize,
+    /// CPU list for proxies and backend (`taskset -c`); the generator runs where this
+    /// process is pinned (the Makefile pins it to the other core).
+    pub server_cpus: Option<String>,
+    pub gen_cpus: Option<String>,
+    pub low_rate: f64,
+    pub high_fraction: f64,
+}
+
+pub struct PathDef {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub target: Target,
+    /// The proxy processes of this path (empty for direct).
+    pub procs: Vec<usize>,
+}
+
+/// One measured run of one path.
+#[derive(Clone, Debug, Default)]
+pub struct Sample {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    pub mean: f64,
+    pub ok: u64,
+    pub errors: u64,
+    pub rps: f64,
+    pub proxy_cpu_s: f64,
+    pub backend_cpu_s: f64,
+    pub lag_p99: f64,
+    pub first_error: Option<String>,
+}
+
+impl Sample {
+    fn from(r: &RunResult, proxy_cpu_s: f64, backend_cpu_s: f64) -> Self {
+        let us = |v: u64| v as f64 / 1000.0;
+        let h = &r.latency;
+        Sample {
+            p50: us(h.value_at_quantile(0.5)),
+            p90: us(h.value_at_quantile(0.9)),
+            p99: us(h.value_at_quantile(0.99)),
+            p999: us(h.value_at_quantile(0.999)),
+            max: us(h.max()),
+            mean: h.mean() / 1000.0,
+            ok: r.ok,
+            errors: r.errors,
+            rps: r.throughput(),
+            proxy_cpu_s,
+            backend_cpu_s,
+            lag_p99: us(r.send_lag.value_at_quantile(0.99)),
+            first_error: r.first_error.clone(),
+        }
+    }
+
+    pub fn json(&self) -> Value {
+        json!({"p50_us": self.p50, "p90_us": self.p90, "p99_us": self.p99, "p999_us": self.p999, "max_us": self.max,
+               "mean_us": self.mean, "ok": self.ok, "errors": self.errors, "rps": self.rps,
+               "proxy_cpu_s": self.proxy_cpu_s, "backend_cpu_s": self.backend_cpu_s,
+               "send_lag_p99_us": self.lag_p99, "first_error": self.first_error})
+    }
+}
+
+/// One measurement point (workload × mode) across all paths.
+pub struct Point {
+    pub id: String,
+    pub workload: Workload,
+    pub mode: Mode,
+    pub duration: Duration,
+    /// samples[path][repeat]
+    pub samples: Vec<Vec<Sample>>,
+    /// Latency histograms merged over repeats, per path.
+    pub merged: Vec<Histogram<u64>>,
+}
+
+pub struct Env {
+    pub procs: Vec<Proc>,
+    pub backend: usize,
+    pub paths: Vec<PathDef>,
+    pub idle_rss: Vec<u64>,
+    pub backend_idle_rss: u64,
+}
+
+impl Env {
+    fn path_pids(&self, p: &PathDef) -> Vec<u32> {
+        p.procs.iter().flat_map(|i| self.procs[*i].pids()).collect()
+    }
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+fn strait_config(dir: &Path, endpoint: SocketAddr) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let manifests = format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: echo, namespace: {NS}}}
+spec:
+  ports: [{{name: grpc, port: 50051, appProtocol: kubernetes.io/grpc}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: echo-backend, namespace: {NS}}}
+spec:
+  ports: [{{name: grpc, port: 50051, appProtocol: kubernetes.io/grpc}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {{name: echo-route, namespace: {NS}}}
+spec:
+  parentRefs: [{{group: "", kind: Service, name: echo, port: 50051}}]
+  rules:
+    - matches: [{{method: {{service: strait.test.v1.Echo}}}}]
+      backendRefs: [{{name: echo-backend, port: 50051}}]
+"#
+    );
+    write(&dir.join("bench.yaml"), &manifests)?;
+    write(&dir.join("endpoints.yaml"), &strait_demo::endpoint_slice_yaml(NS, "echo-backend", "grpc", &[endpoint]))
+}
+
+fn nginx_conf(prefix: &Path, listen: SocketAddr, backend: SocketAddr) -> String {
+    let user = if is_root() { "user root;\n" } else { "" };
+    let p = prefix.display();
+    format!(
+        r#"# Generated by strait-bench: nginx grpc_pass, one hop, one worker (pinned by taskset).
+{user}worker_processes 1;
+daemon off;
+master_process on;
+pid {p}/nginx.pid;
+error_log {p}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {p}/tmp/body;
+    proxy_temp_path {p}/tmp/proxy;
+    fastcgi_temp_path {p}/tmp/fastcgi;
+    uwsgi_temp_path {p}/tmp/uwsgi;
+    scgi_temp_path {p}/tmp/scgi;
+    # 16 KiB messages must stay in memory (the default buffer would spill them to disk).
+    client_body_buffer_size 128k;
+    http2_max_concurrent_streams 1000;
+    upstream backend {{
+        server {backend};
+        keepalive 128;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen {listen} http2;
+        keepalive_requests 1000000;
+        location / {{
+            grpc_pass grpc://backend;
+        }}
+    }}
+}}
+"#
+    )
+}
+
+fn haproxy_conf(listen: SocketAddr, backend: SocketAddr) -> String {
+    format!(
+        r#"# Generated by strait-bench: HAProxy h2 one hop, one thread (pinned by taskset).
+global
+    nbthread 1
+    maxconn 4000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend fe
+    bind {listen} proto h2
+    default_backend be
+backend be
+    # Multiplex requests of all clients on the backend h2 connections.
+    http-reuse always
+    server s1 {backend} proto h2
+"#
+    )
+}
+
+pub fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn find_tool(name: &str) -> Result<PathBuf> {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/sbin", "/sbin"]) {
+        let p = Path::new(dir).join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!("{name} not found (run scripts/bench-deps.sh)")
+}
+
+fn wait_ready(admin: SocketAddr, p: &mut Proc) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        p.check_alive()?;
+        if let Ok((200, _)) = procs::http_get(admin, "/ready") {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("{} not ready; log tail:\n{}", p.name, p.log_tail(20))
+}
+
+/// Starts the backend, three Strait processes, nginx and HAProxy.
+pub fn start_env(o: &Opts) -> Result<Env> {
+    let cpus = o.server_cpus.as_deref();
+    let run = o.out_dir.join("run");
+    let _ = std::fs::remove_dir_all(&run);
+    std::fs::create_dir_all(&run)?;
+    let a = procs::free_addrs(12)?;
+    let (backend_addr, nginx_addr, haproxy_addr) = (a[0], a[1], a[2]);
+    let (out_o, out_i, out_a) = (a[3], a[4], a[5]);
+    let (ma_o, ma_i, ma_a) = (a[6], a[7], a[8]);
+    let (mb_o, mb_i, mb_a) = (a[9], a[10], a[11]);
+    let mut procs_: Vec<Proc> = Vec::new();
+
+    let mut backend = Proc::spawn(
+        "backend",
+        cpus,
+        &o.bin_dir.join("strait-bench"),
+        &["backend".into(), "--addr".into(), backend_addr.to_string()],
+        &run.join("backend.log"),
+    )?;
+    procs::wait_port(backend_addr, &mut backend, Duration::from_secs(10))?;
+    procs_.push(backend);
+
+    strait_config(&run.join("strait-direct"), backend_addr)?;
+    strait_config(&run.join("strait-mesh"), mb_i)?;
+    let proxy_bin = o.bin_dir.join("strait-proxy");
+    let strait = |name: &str, dir: &str, (ob, ib, ad): (SocketAddr, SocketAddr, SocketAddr)| -> Result<Proc> {
+        let args: Vec<String> = [
+            "--config-dir",
+            &run.join(dir).display().to_string(),
+            "--outbound-addr",
+            &ob.to_string(),
+            "--inbound-addr",
+            &ib.to_string(),
+            "--admin-addr",
+            &ad.to_string(),
+            "--inbound-app-addr",
+            &backend_addr.to_string(),
+            "--namespace",
+            NS,
+            "--log-level",
+            "warn",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut p = Proc::spawn(name, cpus, &proxy_bin, &args, &run.join(format!("{name}.log")))?;
+        wait_ready(ad, &mut p)?;
+        Ok(p)
+    };
+    procs_.push(strait("strait-outbound", "strait-direct", (out_o, out_i, out_a))?);
+    procs_.push(strait("strait-mesh-client", "strait-mesh", (ma_o, ma_i, ma_a))?);
+    procs_.push(strait("strait-mesh-server", "strait-direct", (mb_o, mb_i, mb_a))?);
+
+    let nginx_dir = run.join("nginx");
+    std::fs::create_dir_all(nginx_dir.join("tmp"))?;
+    write(&nginx_dir.join("nginx.conf"), &nginx_conf(&nginx_dir, nginx_addr, backend_addr))?;
+    let mut nginx = Proc::spawn(
+        "nginx",
+        cpus,
+        &find_tool("nginx")?,
+        &[
+            "-p".into(),
+            nginx_dir.display().to_string(),
+            "-c".into(),
+            nginx_dir.join("nginx.conf").display().to_string(),
+            "-e".into(),
+            nginx_dir.join("error.log").display().to_string(),
+        ],
+        &run.join("nginx.log"),
+    )?;
+    procs::wait_port(nginx_addr, &mut nginx, Duration::from_secs(10))?;
+    procs_.push(nginx);
+
+    let hap_cfg = run.join("haproxy.cfg");
+    write(&hap_cfg, &haproxy_conf(haproxy_addr, backend_addr))?;
+    let mut hap = Proc::spawn(
+        "haproxy",
+        cpus,
+        &find_tool("haproxy")?,
+        &["-f".into(), hap_cfg.display().to_string(), "-db".into()],
+        &run.join("haproxy.log"),
+    )?;
+    procs::wait_port(haproxy_addr, &mut hap, Duration::from_secs(10))?;
+    procs_.push(hap);
+
+    let t = |addr: SocketAddr| Target { addr, authority: AUTHORITY.to_owned() };
+    let paths = vec![
+        PathDef { name: "direct", description: "client → backend", target: t(backend_addr), procs: vec![] },
+        PathDef {
+            name: "strait-outbound",
+            description: "client → Strait outbound (authority routing) → backend",
+            target: t(out_o),
+            procs: vec![1],
+        },
+        PathDef {
+            name: "strait-mesh",
+            description: "client → Strait outbound → Strait inbound (2nd process) → backend",
+            target: t(ma_o),
+            procs: vec![2, 3],
+        },
+        PathDef {
+            name: "nginx",
+            description: "client → nginx grpc_pass → backend",
+            target: t(nginx_addr),
+            procs: vec![4],
+        },
+        PathDef {
+            name: "haproxy",
+            description: "client → HAProxy (h2 both sides) → backend",
+            target: t(haproxy_addr),
+            procs: vec![5],
+        },
+    ];
+    let mut env = Env { procs: procs_, backend: 0, paths, idle_rss: vec![], backend_idle_rss: 0 };
+    // Idle RSS: started and ready, before any traffic.
+    std::thread::sleep(Duration::from_millis(300));
+    env.idle_rss = env.paths.iter().map(|p| procs::rss_all(&env.path_pids(p))).collect();
+    env.backend_idle_rss = procs::rss_all(&env.procs[0].pids());
+    Ok(env)
+}
+
+async fn measure(
+    env: &mut Env,
+    path: usize,
+    w: &Workload,
+    mode: Mode,
+    d: Duration,
+    conns: usize,
+) -> Result<(Sample, Histogram<u64>)> {
+    let pids = env.path_pids(&env.paths[path]);
+    let bpids = env.procs[env.backend].pids();
+    let (c0, b0) = (procs::cpu_seconds_all(&pids), procs::cpu_seconds_all(&bpids));
+    let r = load::run(&env.paths[path].target, w, mode, d, conns).await?;
+    let (c1, b1) = (procs::cpu_seconds_all(&pids), procs::cpu_seconds_all(&bpids));
+    for p in &mut env.procs {
+        p.check_alive()?;
+    }
+    Ok((Sample::from(&r, c1 - c0, b1 - b0), r.latency))
+}
+
+async fn run_point(env: &mut Env, o: &Opts, id: String, w: Workload, mode: Mode, d: Duration) -> Result<Point> {
+    let n = env.paths.len();
+    let mut point = Point {
+        id: id.clone(),
+        workload: w.clone(),
+        mode,
+        duration: d,
+        samples: vec![Vec::new(); n],
+        merged: (0..n).map(|_| Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("bounds")).collect(),
+    };
+    for rep in 0..o.repeats {
+        for k in 0..n {
+            // Rotate the order per repeat so no path always runs first or last.
+            let path = (k + rep) % n;
+            let (s, h) = measure(env, path, &w, mode, d, o.conns).await?;
+            let _ = point.merged[path].add(&h);
+            eprintln!(
+                "  {id:<24} rep {rep} {:<16} p50 {:>8.1} µs  p99 {:>8.1} µs  p99.9 {:>8.1} µs  {:>8.0} rps  err {}{}",
+                env.paths[path].name,
+                s.p50,
+                s.p99,
+                s.p999,
+                s.rps,
+                s.errors,
+                s.first_error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
+            );
+            point.samples[path].push(s);
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    }
+    Ok(point)
+}
+
+/// h2load against the direct backend, side by side with our closed loop at the same
+/// connections × concurrency. Returns JSON with both.
+async fn h2load_check(env: &mut Env, o: &Opts) -> Result<Value> {
+    let h2load = match find_tool("h2load") {
+        Ok(p) => p,
+        Err(e) => return Ok(json!({"skipped": e.to_string()})),
+    };
+    let w = Workload::unary("unary_100B", 100);
+    let body = o.out_dir.join("run/h2load-body.bin");
+    std::fs::write(&body, &w.frame)?;
+    let target = &env.paths[0].target;
+    // h2load -D takes whole seconds.
+    let secs = o.sat_duration.as_secs_f64().ceil().max(1.0);
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    let mut raw = Vec::new();
+    for _rep in 0..o.repeats {
+        let r = load::run(target, &w, Mode::Closed { concurrency: o.concurrency }, Duration::from_secs_f64(secs), 1)
+            .await?;
+        ours.push((r.throughput(), r.latency.mean() / 1000.0));
+        let mut cmd = std::process::Command::new("taskset");
+        if let Some(c) = &o.gen_cpus {
+            cmd.args(["-c", c]);
+        } else {
+            cmd.args(["-c", "0-1023"]);
+        }
+        let out = cmd
+            .arg(&h2load)
+            .args(["-D", &format!("{secs}"), "-c", "1", "-m", &o.concurrency.to_string(), "-t", "1"])
+            .arg("-d")
+            .arg(&body)
+            .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+            .arg(format!("http://{}{}", target.addr, w.path))
+            .output()
+            .context("running h2load")?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let rps = text
+            .lines()
+            .find(|l| l.starts_with("finished in"))
+            .and_then(|l| l.split(',').nth(1))
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        let mean_us = text
+            .lines()
+            .find(|l| l.starts_with("time for request:"))
+            .and_then(|l| l.split_whitespace().nth(5))
+            .map(parse_h2load_time)
+            .unwrap_or(0.0);
+        let succeeded = text.lines().find(|l| l.starts_with("requests:")).unwrap_or("").to_owned();
+        let codes = text.lines().find(|l| l.starts_with("status codes:")).unwrap_or("").to_owned();
+        eprintln!(
+            "  h2load: {rps:.0} rps mean {mean_us:.0} µs | strait-bench: {:.0} rps mean {:.0} µs",
+            ours.last().map_or(0.0, |x| x.0),
+            ours.last().map_or(0.0, |x| x.1)
+        );
+        raw.push(json!({"requests": succeeded, "status_codes": codes}));
+        theirs.push((rps, mean_us));
+    }
+    let med = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| report::median(&v.iter().map(f).collect::<Vec<_>>());
+    Ok(json!({
+        "target": "direct backend",
+        "workload": "unary_100B",
+        "connections": 1,
+        "in_flight": o.concurrency,
+        "seconds_per_run": secs,
+        "strait_bench_rps": ours.iter().map(|x| x.0).collect::<Vec<_>>(),
+        "strait_bench_mean_us": ours.iter().map(|x| x.1).collect::<Vec<_>>(),
+        "h2load_rps": theirs.iter().map(|x| x.0).collect::<Vec<_>>(),
+        "h2load_mean_us": theirs.iter().map(|x| x.1).collect::<Vec<_>>(),
+        "strait_bench_rps_median": med(&ours, |x| x.0),
+        "h2load_rps_median": med(&theirs, |x| x.0),
+        "strait_bench_mean_us_median": med(&ours, |x| x.1),
+        "h2load_mean_us_median": med(&theirs, |x| x.1),
+        "h2load_raw": raw,
+    }))
+}
+
+fn parse_h2load_time(s: &str) -> f64 {
+    let num = |suffix: &str| s.strip_suffix(suffix).and_then(|v| v.parse::<f64>().ok());
+    if let Some(v) = num("us") {
+        v
+    } else if let Some(v) = num("ms") {
+        v * 1000.0
+    } else if let Some(v) = num("s") {
+        v * 1e6
+    } else {
+        0.0
+    }
+}
+
+pub async fn run(o: Opts) -> Result<Value> {
+    let t0 = Instant::now();
+    std::fs::create_dir_all(&o.out_dir)?;
+    let mut env = start_env(&o)?;
+    eprintln!("== started: backend, 3 × strait-proxy, nginx, haproxy (server cpus {:?})", o.server_cpus);
+    // Warm-up: connections, pools, caches; any failing path aborts the benchmark.
+    let warm = Workload::unary("unary_100B", 100);
+    for i in 0..env.paths.len() {
+        let r = load::run(
+            &env.paths[i].target,
+            &warm,
+            Mode::Closed { concurrency: 8 },
+            Duration::from_millis(700),
+            o.conns,
+        )
+        .await?;
+        if r.ok == 0 || r.errors > 0 {
+            bail!(
+                "warm-up of {} failed: {} ok, {} errors, first error {:?}",
+                env.paths[i].name,
+                r.ok,
+                r.errors,
+                r.first_error
+            );
+        }
+    }
+    let groups: Vec<Vec<u32>> =
+        env.paths.iter().map(|p| env.path_pids(p)).chain(std::iter::once(env.procs[0].pids())).collect();
+    let sampler = RssSampler::start(groups);
+
+    eprintln!("== saturation (closed loop, {} in flight, {} conn)", o.concurrency, o.conns);
+    let sat = run_point(
+        &mut env,
+        &o,
+        format!("saturation_c{}", o.concurrency),
+        Workload::unary("unary_100B", 100),
+        Mode::Closed { concurrency: o.concurrency },
+        o.sat_duration,
+    )
+    .await?;
+    let sat_medians: Vec<f64> =
+        sat.samples.iter().map(|s| report::median(&s.iter().map(|x| x.rps).collect::<Vec<_>>())).collect();
+    let slowest = sat_medians.iter().copied().fold(f64::INFINITY, f64::min);
+    let high = (slowest * o.high_fraction / 100.0).floor() * 100.0;
+    eprintln!("== slowest saturation {slowest:.0} rps → high rate {high:.0} rps");
+
+    let mut points = vec![sat];
+    let specs: Vec<(Workload, f64)> = vec![
+        (Workload::unary("unary_100B", 100), o.low_rate),
+        (Workload::unary("unary_100B", 100), high),
+        (Workload::unary("unary_16KiB", 16 * 1024), o.low_rate),
+        (Workload::stream("stream_10x100B", 100, 10), o.low_rate),
+    ];
+    for (w, rate) in specs {
+        let id = format!("{}@{}rps", w.name, rate as u64);
+        eprintln!("== {id} (open loop, {} × {:?})", o.repeats, o.duration);
+        points.push(run_point(&mut env, &o, id, w, Mode::Open { rate }, o.duration).await?);
+    }
+    eprintln!("== h2load cross-check (direct backend)");
+    let h2 = h2load_check(&mut env, &o).await?;
+    let peaks = sampler.finish();
+    let total = t0.elapsed();
+    let results = report::build_json(&o, &env, &points, &peaks, h2, high, total);
+    Ok(results)
+}

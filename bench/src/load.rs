@@ -1,0 +1,321 @@
+//! The load generator: raw HTTP/2 (the `h2` crate) gRPC calls with prebuilt request
+//! frames, open loop at a constant rate (latency from the *intended* send time, so a
+//! stalled server is charged for the requests it delayed: no coordinated omission) or
+//! closed loop with N calls in flight (saturation throughput).
+//!
+//! Designed for a single-threaded runtime pinned to its own core: one task paces the
+//! sends, each call is a task, histograms are plain `Mutex`es (uncontended).
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
+use h2::client::SendRequest;
+use hdrhistogram::Histogram;
+use prost::Message;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use strait_demo::Probe;
+use tokio::net::TcpStream;
+
+/// Echo service method paths of the demo backend.
+pub const UNARY_PATH: &str = "/strait.test.v1.Echo/Unary";
+pub const STREAM_PATH: &str = "/strait.test.v1.Echo/ServerStream";
+/// One call may take at most this long before it counts as an error.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Open loop: calls still in flight this long after the last send count as errors.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Open loop: at most this many calls in flight; beyond it a send counts as an error
+/// (its latency would be unbounded) instead of growing memory without limit.
+const MAX_IN_FLIGHT: u64 = 20_000;
+
+/// What one call sends and expects.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    pub name: &'static str,
+    pub path: &'static str,
+    /// The gRPC-framed request message (5-byte prefix + protobuf).
+    pub frame: Bytes,
+    /// Response messages a successful call returns.
+    pub messages: u32,
+}
+
+impl Workload {
+    /// Unary Echo with a `payload_len`-byte payload (the answer echoes it back).
+    pub fn unary(name: &'static str, payload_len: usize) -> Self {
+        let probe = Probe { payload: "x".repeat(payload_len), ..Probe::default() };
+        Workload { name, path: UNARY_PATH, frame: grpc_frame(&probe), messages: 1 }
+    }
+
+    /// ServerStream Echo: `count` answers of `payload_len` bytes each.
+    pub fn stream(name: &'static str, payload_len: usize, count: u32) -> Self {
+        let probe = Probe { payload: "x".repeat(payload_len), stream_count: count, ..Probe::default() };
+        Workload { name, path: STREAM_PATH, frame: grpc_frame(&probe), messages: count }
+    }
+}
+
+/// gRPC length-prefixed message: flag 0 (uncompressed), u32 big-endian length, bytes.
+pub fn grpc_frame(msg: &impl Message) -> Bytes {
+    let body = msg.encode_to_vec();
+    let mut out = Vec::with_capacity(body.len() + 5);
+    out.push(0);
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    Bytes::from(out)
+}
+
+/// Where calls go: a TCP address and the `:authority` to send (a proxy routes on it).
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub authority: String,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Mode {
+    /// Constant arrival rate (calls per second).
+    Open { rate: f64 },
+    /// This many calls in flight, each started when the previous one ends.
+    Closed { concurrency: usize },
+}
+
+/// Result of one run.
+pub struct RunResult {
+    /// Latency in nanoseconds (open loop: from the intended send time).
+    pub latency: Histogram<u64>,
+    /// Open loop: how late sends left versus their schedule (ns): validates the pacing.
+    pub send_lag: Histogram<u64>,
+    pub ok: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    pub first_error: Option<String>,
+}
+
+impl RunResult {
+    pub fn throughput(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+fn new_hist() -> Histogram<u64> {
+    // 1 ns .. 100 s, 3 significant digits.
+    Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("histogram bounds")
+}
+
+/// A pool of HTTP/2 connections to one target.
+pub struct Conns {
+    senders: Vec<SendRequest<Bytes>>,
+    uri_prefix: String,
+}
+
+impl Conns {
+    pub async fn connect(target: &Target, n: usize) -> Result<Self> {
+        let mut senders = Vec::with_capacity(n);
+        for _ in 0..n.max(1) {
+            let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(target.addr))
+                .await
+                .map_err(|_| anyhow!("connect {} timed out", target.addr))?
+                .with_context(|| format!("connect {}", target.addr))?;
+            tcp.set_nodelay(true)?;
+            let (send, conn) = h2::client::Builder::new()
+                .initial_window_size(1 << 20)
+                .initial_connection_window_size(8 << 20)
+                .max_concurrent_reset_streams(1000)
+                .handshake::<_, Bytes>(tcp)
+                .await
+                .with_context(|| format!("h2 handshake with {}", target.addr))?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            senders.push(send);
+        }
+        Ok(Conns { senders, uri_prefix: format!("http://{}", target.authority) })
+    }
+
+    fn sender(&self, i: u64) -> SendRequest<Bytes> {
+        self.senders[(i % self.senders.len() as u64) as usize].clone()
+    }
+}
+
+/// One gRPC call; Ok when the status is 0 and the expected number of messages arrived.
+pub async fn call(send: SendRequest<Bytes>, uri: &str, w: &Workload) -> Result<()> {
+    let req = http::Request::builder()
+        .method(http::Method::POST)
+        .uri(uri)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())?;
+    let mut send = send.ready().await?;
+    let (resp, mut stream) = send.send_request(req, false)?;
+    stream.send_data(w.frame.clone(), true)?;
+    let resp = resp.await?;
+    if resp.status() != http::StatusCode::OK {
+        bail!("HTTP {}", resp.status());
+    }
+    if let Some(s) = resp.headers().get("grpc-status") {
+        // Trailers-only response: an error (a success always carries a message).
+        bail!("grpc-status {:?} in headers", s);
+    }
+    let mut body = resp.into_body();
+    let mut bytes = 0usize;
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        bytes += chunk.len();
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    let trailers = body.trailers().await?.ok_or_else(|| anyhow!("no trailers"))?;
+    match trailers.get("grpc-status").map(|v| v.as_bytes()) {
+        Some(b"0") => {}
+        other => bail!("grpc-status {:?}: {:?}", other, trailers.get("grpc-message")),
+    }
+    if bytes < 5 * w.messages as usize {
+        bail!("short response: {bytes} bytes for {} messages", w.messages);
+    }
+    Ok(())
+}
+
+/// Sleeps until `t` with sub-millisecond precision: the tokio timer (1 ms wheel) for
+/// most of the wait, then yields (which also polls I/O) for the last stretch.
+async fn pace_until(t: Instant) {
+    for _ in 0..10_000_000u64 {
+        let now = Instant::now();
+        if now >= t {
+            return;
+        }
+        let gap = t - now;
+        if gap > Duration::from_micros(2500) {
+            tokio::time::sleep_until((t - Duration::from_micros(1500)).into()).await;
+        } else {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+struct Shared {
+    latency: Mutex<Histogram<u64>>,
+    ok: AtomicU64,
+    errors: AtomicU64,
+    in_flight: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn new() -> Arc<Self> {
+        Arc::new(Shared {
+            latency: Mutex::new(new_hist()),
+            ok: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            first_error: Mutex::new(None),
+        })
+    }
+    fn record(&self, r: Result<()>, latency: Duration) {
+        match r {
+            Ok(()) => {
+                self.ok.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut h) = self.latency.lock() {
+                    h.saturating_record(latency.as_nanos() as u64);
+                }
+            }
+            Err(e) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut f) = self.first_error.lock()
+                    && f.is_none()
+                {
+                    *f = Some(format!("{e:#}"));
+                }
+            }
+        }
+    }
+}
+
+async fn timed_call(send: SendRequest<Bytes>, uri: &str, w: &Workload) -> Result<()> {
+    match tokio::time::timeout(CALL_TIMEOUT, call(send, uri, w)).await {
+        Ok(r) => r,
+        Err(_) => Err(anyhow!("call timed out after {CALL_TIMEOUT:?}")),
+    }
+}
+
+/// Runs `w` against `target` for `duration` in `mode` over `conns` connections.
+pub async fn run(target: &Target, w: &Workload, mode: Mode, duration: Duration, conns: usize) -> Result<RunResult> {
+    let pool = Arc::new(Conns::connect(target, conns).await?);
+    let uri: Arc<str> = format!("{}{}", pool.uri_prefix, w.path).into();
+    let shared = Shared::new();
+    let mut send_lag = new_hist();
+    let started;
+    let elapsed;
+    match mode {
+        Mode::Open { rate } => {
+            if rate.is_nan() || rate <= 0.0 {
+                bail!("rate must be positive");
+            }
+            let total = (rate * duration.as_secs_f64()).ceil() as u64;
+            let interval_ns = 1e9 / rate;
+            started = Instant::now() + Duration::from_millis(5);
+            let hard_end = started + duration + Duration::from_secs(2);
+            for i in 0..total {
+                let intended = started + Duration::from_nanos((i as f64 * interval_ns) as u64);
+                pace_until(intended).await;
+                let now = Instant::now();
+                if now > hard_end {
+                    // The generator itself fell behind by seconds: the rest counts as lost.
+                    shared.errors.fetch_add(total - i, Ordering::Relaxed);
+                    break;
+                }
+                send_lag.saturating_record((now - intended).as_nanos() as u64);
+                if shared.in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT {
+                    shared.record(Err(anyhow!("more than {MAX_IN_FLIGHT} calls in flight")), Duration::ZERO);
+                    continue;
+                }
+                shared.in_flight.fetch_add(1, Ordering::Relaxed);
+                let (send, uri, w, shared) = (pool.sender(i), uri.clone(), w.clone(), shared.clone());
+                tokio::spawn(async move {
+                    let r = timed_call(send, &uri, &w).await;
+                    shared.record(r, intended.elapsed());
+                    shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            let drain_deadline = Instant::now() + DRAIN_TIMEOUT;
+            while shared.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < drain_deadline {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            elapsed = started.elapsed().min(duration + DRAIN_TIMEOUT);
+            let stuck = shared.in_flight.load(Ordering::Relaxed);
+            shared.errors.fetch_add(stuck, Ordering::Relaxed);
+        }
+        Mode::Closed { concurrency } => {
+            started = Instant::now();
+            let end = started + duration;
+            let mut workers = Vec::new();
+            for k in 0..concurrency.max(1) {
+                let (pool, uri, w, shared) = (pool.clone(), uri.clone(), w.clone(), shared.clone());
+                workers.push(tokio::spawn(async move {
+                    let mut i = k as u64;
+                    // Bounded: at most duration / (1 µs) iterations, and by the clock.
+                    for _ in 0..(duration.as_micros() as u64).max(1) {
+                        let t = Instant::now();
+                        if t >= end {
+                            break;
+                        }
+                        let r = timed_call(pool.sender(i), &uri, &w).await;
+                        shared.record(r, t.elapsed());
+                        i += concurrency as u64;
+                    }
+                }));
+            }
+            for wk in workers {
+                let _ = wk.await;
+            }
+            elapsed = started.elapsed();
+        }
+    }
+    let latency = shared.latency.lock().map(|h| h.clone()).unwrap_or_else(|_| new_hist());
+    let first_error = shared.first_error.lock().ok().and_then(|f| f.clone());
+    Ok(RunResult {
+        latency,
+        send_lag,
+        ok: shared.ok.load(Ordering::Relaxed),
+        errors: shared.errors.load(Ordering::Relaxed),
+        elapsed,
+        first_error,
+    })
+}

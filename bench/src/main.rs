@@ -1,0 +1,277 @@
+//! `strait-bench`: the benchmark behind `make bench` / `make bench-scale`.
+//!
+//! - `all`: the proxy comparison (direct, Strait outbound, Strait mesh, nginx, HAProxy)
+//!   and, unless `--quick`, the Kubernetes-mode scale test; writes results.json,
+//!   results.md and latency.png into `--out`, prints the Markdown.
+//! - `scale`: only the scale test (scale.json, scale.md).
+//! - `load`: one ad-hoc generator run against any h2c gRPC address (demo Echo service).
+//!
+//! The generator runs on this process's single-threaded runtime; pin this process to a
+//! core (`taskset -c 0`) and pass the other core(s) as `--server-cpus`.
+#![forbid(unsafe_code)]
+
+mod backend;
+mod compare;
+mod load;
+mod procs;
+mod report;
+mod scale;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "strait-bench", about = "Strait benchmark: proxy comparison and Kubernetes-mode scale")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct Common {
+    /// Output directory (results.json, results.md, latency.png, run/ with configs and logs).
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// Directory holding strait-proxy and strait-demo-server (release build).
+    #[arg(long, default_value = "target/release")]
+    bin_dir: PathBuf,
+}
+
+impl Common {
+    /// nginx resolves relative paths against its prefix: make them absolute.
+    fn absolute(self) -> Self {
+        Common { out: absolute(&self.out), bin_dir: absolute(&self.bin_dir) }
+    }
+}
+
+#[derive(clap::Args, Clone)]
+struct CompareArgs {
+    /// ~1 minute: short runs, 2 repeats, no scale test.
+    #[arg(long, env = "BENCH_QUICK", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
+    quick: bool,
+    /// Seconds per open-loop run (default 6, quick 1.2).
+    #[arg(long, env = "BENCH_DURATION")]
+    duration: Option<f64>,
+    /// Seconds per saturation run (default 4, quick 1.2).
+    #[arg(long, env = "BENCH_SAT_DURATION")]
+    sat_duration: Option<f64>,
+    /// Repeats per point (default 3, quick 2).
+    #[arg(long, env = "BENCH_REPEATS")]
+    repeats: Option<usize>,
+    /// Calls in flight for the saturation (closed-loop) runs.
+    #[arg(long, env = "BENCH_CONCURRENCY", default_value_t = 64)]
+    concurrency: usize,
+    /// Client HTTP/2 connections (a gRPC channel uses one).
+    #[arg(long, env = "BENCH_CONNS", default_value_t = 1)]
+    conns: usize,
+    /// `taskset -c` list for backend and proxies (empty: not pinned).
+    #[arg(long, env = "BENCH_SERVER_CPUS")]
+    server_cpus: Option<String>,
+    /// CPU list this process (the generator) is pinned to, for the report and h2load.
+    #[arg(long, env = "BENCH_GEN_CPUS")]
+    gen_cpus: Option<String>,
+    #[arg(long, env = "BENCH_LOW_RATE", default_value_t = 500.0)]
+    low_rate: f64,
+    /// The high open-loop rate as a fraction of the slowest path's saturation.
+    #[arg(long, env = "BENCH_HIGH_FRACTION", default_value_t = 0.7)]
+    high_fraction: f64,
+}
+
+#[derive(clap::Args, Clone)]
+struct ScaleArgs {
+    #[arg(long, env = "BENCH_SCALE_SERVICES", default_value_t = 10_000)]
+    services: usize,
+    #[arg(long, env = "BENCH_SCALE_ENDPOINTS_PER_SERVICE", default_value_t = 5)]
+    endpoints_per_service: usize,
+    #[arg(long, env = "BENCH_SCALE_ROUTES", default_value_t = 1_000)]
+    routes: usize,
+    #[arg(long, default_value_t = 10)]
+    namespaces: usize,
+    /// Concurrent create requests.
+    #[arg(long, env = "BENCH_SCALE_PARALLELISM", default_value_t = 48)]
+    parallelism: usize,
+    #[arg(long, env = "BENCH_SCALE_CHANGES", default_value_t = 20)]
+    changes: usize,
+    /// Upper bound for creating all objects (seconds).
+    #[arg(long, env = "BENCH_SCALE_CREATE_TIMEOUT", default_value_t = 900)]
+    create_timeout: u64,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    All {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        compare: CompareArgs,
+        #[command(flatten)]
+        scale: ScaleArgs,
+    },
+    Scale {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        scale: ScaleArgs,
+    },
+    /// The benchmark backend (Echo service, TCP_NODELAY); runs until killed.
+    Backend {
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+    },
+    /// One generator run (demo Echo service) against `--addr`.
+    Load {
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        #[arg(long, default_value = compare::AUTHORITY)]
+        authority: String,
+        /// unary_100B | unary_16KiB | stream_10x100B
+        #[arg(long, default_value = "unary_100B")]
+        workload: String,
+        /// Open loop at this rate; without it, closed loop with --concurrency.
+        #[arg(long)]
+        rate: Option<f64>,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        #[arg(long, default_value_t = 1)]
+        conns: usize,
+    },
+}
+
+fn compare_opts(common: &Common, c: &CompareArgs) -> compare::Opts {
+    let q = c.quick;
+    compare::Opts {
+        out_dir: common.out.clone(),
+        bin_dir: common.bin_dir.clone(),
+        quick: q,
+        duration: Duration::from_secs_f64(c.duration.unwrap_or(if q { 1.2 } else { 6.0 })),
+        sat_duration: Duration::from_secs_f64(c.sat_duration.unwrap_or(if q { 1.2 } else { 4.0 })),
+        repeats: c.repeats.unwrap_or(if q { 2 } else { 3 }).max(1),
+        concurrency: c.concurrency,
+        conns: c.conns,
+        server_cpus: c.server_cpus.clone().filter(|s| !s.is_empty()),
+        gen_cpus: c.gen_cpus.clone().filter(|s| !s.is_empty()),
+        low_rate: c.low_rate,
+        high_fraction: c.high_fraction,
+    }
+}
+
+fn scale_opts(common: &Common, s: &ScaleArgs) -> scale::ScaleOpts {
+    scale::ScaleOpts {
+        bin_dir: common.bin_dir.clone(),
+        out_dir: common.out.clone(),
+        services: s.services,
+        endpoints_per_service: s.endpoints_per_service,
+        routes: s.routes.min(s.services / 3).max(1),
+        namespaces: s.namespaces.max(1),
+        parallelism: s.parallelism.max(1),
+        changes: s.changes.max(1),
+        create_timeout: Duration::from_secs(s.create_timeout),
+    }
+}
+
+fn write_outputs(out: &std::path::Path, results: &serde_json::Value) -> Result<String> {
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join("results.json"), serde_json::to_string_pretty(results)?)?;
+    let md = report::markdown(results);
+    std::fs::write(out.join("results.md"), &md)?;
+    if let Err(e) = report::write_png(results, &out.join("latency.png")) {
+        eprintln!("latency.png not written: {e:#}");
+    }
+    Ok(md)
+}
+
+fn absolute(p: &std::path::Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+fn main() {
+    if let Ok(Cli { cmd: Cmd::Backend { addr } }) = Cli::try_parse() {
+        if let Err(e) = backend::serve(addr) {
+            eprintln!("strait-bench backend: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    if let Err(e) = runtime.block_on(run(Cli::parse())) {
+        // One readable chain, no backtrace wall (RUST_BACKTRACE may be set by the caller).
+        eprintln!("strait-bench: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cmd = match cli.cmd {
+        Cmd::All { common, compare, scale } => Cmd::All { common: common.absolute(), compare, scale },
+        Cmd::Scale { common, scale } => Cmd::Scale { common: common.absolute(), scale },
+        other => other,
+    };
+    match cmd {
+        Cmd::All { common, compare, scale } => {
+            let o = compare_opts(&common, &compare);
+            let mut results = compare::run(o.clone()).await?;
+            // Partial output first: the scale part takes minutes.
+            write_outputs(&common.out, &results)?;
+            if !o.quick {
+                let sc = match scale::run(&scale_opts(&common, &scale)).await {
+                    Ok(v) => v,
+                    Err(e) => serde_json::json!({"error": format!("{e:#}")}),
+                };
+                results["scale"] = sc;
+            }
+            let md = write_outputs(&common.out, &results)?;
+            println!("{md}");
+            println!("(written: {0}/results.md, {0}/results.json, {0}/latency.png)", common.out.display());
+        }
+        Cmd::Scale { common, scale } => {
+            std::fs::create_dir_all(&common.out)?;
+            let sc = scale::run(&scale_opts(&common, &scale)).await?;
+            std::fs::write(common.out.join("scale.json"), serde_json::to_string_pretty(&sc)?)?;
+            let m = report::machine();
+            let md = format!(
+                "- date: {}\n- machine: {}\n\n{}",
+                m["date"].as_str().unwrap_or(""),
+                report::machine_line(&m),
+                report::scale_markdown(&sc)
+            );
+            std::fs::write(common.out.join("scale.md"), &md)?;
+            println!("{md}");
+        }
+        Cmd::Backend { .. } => unreachable!("handled in main"),
+        Cmd::Load { addr, authority, workload, rate, concurrency, duration, conns } => {
+            let w = match workload.as_str() {
+                "unary_100B" => load::Workload::unary("unary_100B", 100),
+                "unary_16KiB" => load::Workload::unary("unary_16KiB", 16 * 1024),
+                "stream_10x100B" => load::Workload::stream("stream_10x100B", 100, 10),
+                other => anyhow::bail!("unknown workload {other}"),
+            };
+            let mode = match rate {
+                Some(rate) => load::Mode::Open { rate },
+                None => load::Mode::Closed { concurrency },
+            };
+            let r = load::run(&load::Target { addr, authority }, &w, mode, Duration::from_secs_f64(duration), conns)
+                .await
+                .context("load run")?;
+            let h = &r.latency;
+            println!(
+                "ok {} errors {} rps {:.0} | p50 {:.1} p90 {:.1} p99 {:.1} p99.9 {:.1} max {:.1} µs | send lag p99 {:.1} µs{}",
+                r.ok,
+                r.errors,
+                r.throughput(),
+                h.value_at_quantile(0.5) as f64 / 1e3,
+                h.value_at_quantile(0.9) as f64 / 1e3,
+                h.value_at_quantile(0.99) as f64 / 1e3,
+                h.value_at_quantile(0.999) as f64 / 1e3,
+                h.max() as f64 / 1e3,
+                r.send_lag.value_at_quantile(0.99) as f64 / 1e3,
+                r.first_error.map(|e| format!(" | first error: {e}")).unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}

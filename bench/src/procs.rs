@@ -1,0 +1,196 @@
+//! Child processes (pinned with `taskset`) and their CPU time and memory from /proc.
+use anyhow::{Context, Result, bail};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A child process killed (SIGTERM, then SIGKILL) when dropped.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Spawns `cmd` (pinned to `cpus` with taskset when given), stderr+stdout to `log`.
+    pub fn spawn(name: &str, cpus: Option<&str>, program: &Path, args: &[String], log: &Path) -> Result<Proc> {
+        let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let mut cmd = match cpus {
+            Some(c) => {
+                let mut cmd = Command::new("taskset");
+                cmd.args(["-c", c]).arg(program);
+                cmd
+            }
+            None => Command::new(program),
+        };
+        cmd.args(args).stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
+        let child = cmd.spawn().with_context(|| format!("starting {name} ({})", program.display()))?;
+        Ok(Proc { name: name.to_owned(), child, log: log.to_owned() })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// This process and all its descendants (nginx workers).
+    pub fn pids(&self) -> Vec<u32> {
+        let mut out = vec![self.pid()];
+        let mut i = 0;
+        while i < out.len() && i < 64 {
+            out.extend(children_of(out[i]));
+            i += 1;
+        }
+        out
+    }
+
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    pub fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} exited ({status}); log tail:\n{}", self.name, self.log_tail(20));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let pid = self.child.id() as i32;
+        // kill(1) by our own child's id (no unsafe libc call).
+        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        for _ in 0..50 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn children_of(pid: u32) -> Vec<u32> {
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    std::fs::read_to_string(path).unwrap_or_default().split_whitespace().filter_map(|s| s.parse().ok()).collect()
+}
+
+/// utime + stime of `pid` in seconds.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // Fields after the parenthesised comm: state is field 3; utime 14, stime 15.
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { return 0.0 };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(14) + ticks(15)) / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    static T: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *T.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+pub fn cpu_seconds_all(pids: &[u32]) -> f64 {
+    pids.iter().map(|p| cpu_seconds(*p)).sum()
+}
+
+/// VmRSS of `pid` in bytes.
+pub fn rss_bytes(pid: u32) -> u64 {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return 0 };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+pub fn rss_all(pids: &[u32]) -> u64 {
+    pids.iter().map(|p| rss_bytes(*p)).sum()
+}
+
+/// Samples the summed RSS of pid groups every 100 ms on a thread; keeps the peak per group.
+pub struct RssSampler {
+    stop: Arc<AtomicBool>,
+    peaks: Arc<Mutex<Vec<u64>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RssSampler {
+    pub fn start(groups: Vec<Vec<u32>>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peaks = Arc::new(Mutex::new(vec![0u64; groups.len()]));
+        let (s, p) = (stop.clone(), peaks.clone());
+        let thread = std::thread::spawn(move || {
+            // Bounded: at most 24 h of samples.
+            for _ in 0..864_000u32 {
+                if s.load(Ordering::Relaxed) {
+                    break;
+                }
+                if let Ok(mut peaks) = p.lock() {
+                    for (i, g) in groups.iter().enumerate() {
+                        peaks[i] = peaks[i].max(rss_all(g));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        RssSampler { stop, peaks, thread: Some(thread) }
+    }
+
+    pub fn finish(mut self) -> Vec<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.peaks.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+}
+
+/// Waits until `addr` accepts TCP connections.
+pub fn wait_port(addr: SocketAddr, proc_: &mut Proc, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        proc_.check_alive()?;
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("{} not listening on {addr} after {timeout:?}; log tail:\n{}", proc_.name, proc_.log_tail(20))
+}
+
+/// Minimal HTTP/1.1 GET (for the proxy's admin endpoint): (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    // Chunked bodies (axum) keep their chunk-size lines; callers only search the text.
+    Ok((status, body))
+}
+
+/// `n` distinct free loopback ports (held until all are chosen).
+pub fn free_addrs(n: usize) -> Result<Vec<SocketAddr>> {
+    let ls =
+        (0..n).map(|_| std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))).collect::<std::io::Result<Vec<_>>>()?;
+    ls.iter().map(|l| l.local_addr().context("local_addr")).collect()
+}

@@ -1,0 +1,468 @@
+//! results.json, results.md (printed at the end) and latency.png.
+use crate::compare::{Env, Opts, Point, Sample};
+use crate::load::Mode;
+use anyhow::{Context, Result};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::time::Duration;
+
+pub fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 }
+}
+
+/// median, min, max
+pub fn stats(v: &[f64]) -> (f64, f64, f64) {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (median(v), min, max)
+}
+
+fn stats_json(v: &[f64]) -> Value {
+    let (m, lo, hi) = stats(v);
+    json!({"median": m, "min": lo, "max": hi, "values": v})
+}
+
+pub fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_owned())
+        .unwrap_or_else(|| "unknown".into());
+    let mhz = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_owned());
+    // nproc of the machine (this process is pinned, so not available_parallelism).
+    let nproc = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default().trim().to_owned();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
+    let mem_kb = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().trim_end_matches(" kB").parse::<u64>().unwrap_or(0)))
+        .unwrap_or(0);
+    let date = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_owned();
+    json!({"date": date, "nproc": nproc, "cpus_online": online, "cpu_model": model, "cpu_mhz": mhz,
+           "kernel": kernel, "mem_total_gib": mem_kb as f64 / 1048576.0, "loadavg_at_end": load})
+}
+
+fn mode_json(m: &Mode) -> Value {
+    match m {
+        Mode::Open { rate } => json!({"kind": "open", "rate_rps": rate}),
+        Mode::Closed { concurrency } => json!({"kind": "closed", "in_flight": concurrency}),
+    }
+}
+
+fn cpu_ms_per_1k(s: &Sample, cpu: f64) -> f64 {
+    if s.ok == 0 { f64::NAN } else { cpu * 1e6 / s.ok as f64 }
+}
+
+pub fn build_json(
+    o: &Opts,
+    env: &Env,
+    points: &[Point],
+    peaks: &[u64],
+    h2load: Value,
+    high_rate: f64,
+    total: Duration,
+) -> Value {
+    let names: Vec<&str> = env.paths.iter().map(|p| p.name).collect();
+    let pts: Vec<Value> = points
+        .iter()
+        .map(|pt| {
+            let direct = &pt.samples[0];
+            let mut per_path = serde_json::Map::new();
+            for (i, name) in names.iter().enumerate() {
+                let s = &pt.samples[i];
+                let col = |f: fn(&Sample) -> f64| s.iter().map(f).collect::<Vec<_>>();
+                let added = |f: fn(&Sample) -> f64| {
+                    s.iter().zip(direct.iter()).map(|(a, d)| f(a) - f(d)).collect::<Vec<_>>()
+                };
+                let ratio = |f: fn(&Sample) -> f64| {
+                    s.iter().zip(direct.iter()).map(|(a, d)| f(a) / f(d)).collect::<Vec<_>>()
+                };
+                let h = &pt.merged[i];
+                let q = |x: f64| h.value_at_quantile(x) as f64 / 1000.0;
+                per_path.insert(
+                    (*name).to_owned(),
+                    json!({
+                        "p50_us": stats_json(&col(|x| x.p50)),
+                        "p90_us": stats_json(&col(|x| x.p90)),
+                        "p99_us": stats_json(&col(|x| x.p99)),
+                        "p999_us": stats_json(&col(|x| x.p999)),
+                        "max_us": stats_json(&col(|x| x.max)),
+                        "rps": stats_json(&col(|x| x.rps)),
+                        "added_p50_us": stats_json(&added(|x| x.p50)),
+                        "added_p99_us": stats_json(&added(|x| x.p99)),
+                        "added_p999_us": stats_json(&added(|x| x.p999)),
+                        "p50_ratio": stats_json(&ratio(|x| x.p50)),
+                        "p99_ratio": stats_json(&ratio(|x| x.p99)),
+                        "rps_ratio": stats_json(&ratio(|x| x.rps)),
+                        "proxy_cpu_ms_per_1k": stats_json(&s.iter().map(|x| cpu_ms_per_1k(x, x.proxy_cpu_s)).collect::<Vec<_>>()),
+                        "backend_cpu_ms_per_1k": stats_json(&s.iter().map(|x| cpu_ms_per_1k(x, x.backend_cpu_s)).collect::<Vec<_>>()),
+                        "errors": s.iter().map(|x| x.errors).sum::<u64>(),
+                        "ok": s.iter().map(|x| x.ok).sum::<u64>(),
+                        "merged_percentiles_us": {"p50": q(0.5), "p75": q(0.75), "p90": q(0.9), "p95": q(0.95), "p99": q(0.99),
+                                                   "p99.5": q(0.995), "p99.9": q(0.999), "p99.99": q(0.9999), "max": h.max() as f64 / 1000.0},
+                        "samples": s.iter().map(Sample::json).collect::<Vec<_>>(),
+                    }),
+                );
+            }
+            json!({"id": pt.id, "workload": pt.workload.name, "method": pt.workload.path,
+                   "request_frame_bytes": pt.workload.frame.len(), "response_messages": pt.workload.messages,
+                   "mode": mode_json(&pt.mode), "seconds_per_run": pt.duration.as_secs_f64(), "paths": per_path})
+        })
+        .collect();
+    let paths: Vec<Value> = env
+        .paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            json!({"name": p.name, "description": p.description, "proxy_processes": p.procs.iter().map(|k| env.procs[*k].name.clone()).collect::<Vec<_>>(),
+                   "rss_idle_bytes": env.idle_rss[i], "rss_peak_bytes": peaks.get(i).copied().unwrap_or(0)})
+        })
+        .collect();
+    json!({
+        "machine": machine(),
+        "settings": {
+            "quick": o.quick, "repeats": o.repeats, "open_loop_seconds": o.duration.as_secs_f64(),
+            "saturation_seconds": o.sat_duration.as_secs_f64(), "saturation_in_flight": o.concurrency,
+            "client_connections": o.conns, "low_rate_rps": o.low_rate, "high_rate_rps": high_rate,
+            "high_rate_fraction_of_slowest_saturation": o.high_fraction,
+            "generator_cpus": o.gen_cpus, "server_cpus": o.server_cpus,
+        },
+        "paths": paths,
+        "backend": {"rss_idle_bytes": env.backend_idle_rss, "rss_peak_bytes": peaks.last().copied().unwrap_or(0)},
+        "points": pts,
+        "h2load_cross_check": h2load,
+        "total_seconds": total.as_secs_f64(),
+    })
+}
+
+fn f(v: &Value, key: &str) -> (f64, f64, f64) {
+    let g = |k: &str| v[key][k].as_f64().unwrap_or(f64::NAN);
+    (g("median"), g("min"), g("max"))
+}
+
+fn fmt_spread((m, lo, hi): (f64, f64, f64), prec: usize) -> String {
+    if m.is_nan() {
+        return "–".into();
+    }
+    format!("{m:.prec$} [{lo:.prec$}–{hi:.prec$}]")
+}
+
+/// One line describing the machine.
+pub fn machine_line(m: &Value) -> String {
+    format!(
+        "nproc {} (CPUs online {}), {}, kernel {}, {:.1} GiB RAM; load average at end: {}",
+        m["nproc"],
+        m["cpus_online"].as_str().unwrap_or(""),
+        m["cpu_model"].as_str().unwrap_or(""),
+        m["kernel"].as_str().unwrap_or(""),
+        m["mem_total_gib"].as_f64().unwrap_or(0.0),
+        m["loadavg_at_end"].as_str().unwrap_or(""),
+    )
+}
+
+pub fn markdown(r: &Value) -> String {
+    let m = &r["machine"];
+    let s = &r["settings"];
+    let mut out = String::new();
+    out.push_str("# Strait benchmark\n\n");
+    out.push_str(&format!(
+        "- date: {}\n- machine: nproc {} (CPUs online {}), {}, kernel {}, {:.1} GiB RAM; load average at end: {}\n",
+        m["date"].as_str().unwrap_or(""),
+        m["nproc"],
+        m["cpus_online"].as_str().unwrap_or(""),
+        m["cpu_model"].as_str().unwrap_or(""),
+        m["kernel"].as_str().unwrap_or(""),
+        m["mem_total_gib"].as_f64().unwrap_or(0.0),
+        m["loadavg_at_end"].as_str().unwrap_or(""),
+    ));
+    out.push_str(&format!(
+        "- pinning: generator (this process, 1 tokio thread) on CPU {}; backend and every proxy process on CPU {} \
+         (each proxy therefore runs 1 worker: strait-proxy 1 tokio worker, nginx 1 worker, HAProxy nbthread 1)\n",
+        s["generator_cpus"].as_str().unwrap_or("any"),
+        s["server_cpus"].as_str().unwrap_or("any"),
+    ));
+    out.push_str(&format!(
+        "- {} repeats per point, paths interleaved per repeat (order rotated); open loop {} s per run, saturation {} s per run \
+         ({} calls in flight); {} client HTTP/2 connection(s); cells are **median [min–max] over repeats**; \"added\" is paired per \
+         repeat (path − direct in the same round); {}\n",
+        s["repeats"], s["open_loop_seconds"], s["saturation_seconds"], s["saturation_in_flight"], s["client_connections"],
+        if s["quick"].as_bool() == Some(true) { "**BENCH_QUICK=1 (short runs, indicative only)**" } else { "full run" },
+    ));
+    out.push_str("- latency is measured from the *intended* send time of a constant-rate schedule (coordinated omission corrected), to the end of the response (trailers)\n\n");
+
+    let points = r["points"].as_array().cloned().unwrap_or_default();
+    let paths = r["paths"].as_array().cloned().unwrap_or_default();
+    let sat = points.iter().find(|p| p["mode"]["kind"] == "closed");
+    let high = points.iter().find(|p| {
+        p["mode"]["kind"] == "open" && p["mode"]["rate_rps"] == s["high_rate_rps"] && p["workload"] == "unary_100B"
+    });
+    out.push_str(&format!(
+        "## Throughput and resources (unary ~100 B)\n\nCPU per 1000 requests is the proxy process(es)' utime+stime during the \
+         {} rps open-loop runs (mesh: both Strait processes; nginx: master + worker); RSS sums the path's proxy processes \
+         (idle: ready, before traffic; peak: sampled every 100 ms over the whole run).\n\n",
+        s["high_rate_rps"]
+    ));
+    out.push_str("| path | saturation rps | × direct | proxy CPU ms / 1k req | backend CPU ms / 1k req | RSS idle MiB | RSS peak MiB |\n|---|---|---|---|---|---|---|\n");
+    for p in &paths {
+        let name = p["name"].as_str().unwrap_or("");
+        let mib = |k: &str| p[k].as_f64().unwrap_or(0.0) / 1048576.0;
+        let (sat_rps, ratio) = match sat {
+            Some(pt) => {
+                (fmt_spread(f(&pt["paths"][name], "rps"), 0), fmt_spread(f(&pt["paths"][name], "rps_ratio"), 2))
+            }
+            None => ("–".into(), "–".into()),
+        };
+        let (cpu, bcpu) = match high {
+            Some(pt) if name != "direct" => (
+                fmt_spread(f(&pt["paths"][name], "proxy_cpu_ms_per_1k"), 1),
+                fmt_spread(f(&pt["paths"][name], "backend_cpu_ms_per_1k"), 1),
+            ),
+            Some(pt) => ("–".into(), fmt_spread(f(&pt["paths"][name], "backend_cpu_ms_per_1k"), 1)),
+            None => ("–".into(), "–".into()),
+        };
+        let (idle, peak) = if name == "direct" {
+            ("–".into(), "–".into())
+        } else {
+            (format!("{:.1}", mib("rss_idle_bytes")), format!("{:.1}", mib("rss_peak_bytes")))
+        };
+        out.push_str(&format!("| {name} | {sat_rps} | {ratio} | {cpu} | {bcpu} | {idle} | {peak} |\n"));
+    }
+    out.push_str(&format!(
+        "\nBackend (`strait-bench backend`: tonic, demo Echo protos, TCP_NODELAY) RSS: idle {:.1} MiB, peak {:.1} MiB.\n\n",
+        r["backend"]["rss_idle_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
+        r["backend"]["rss_peak_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
+    ));
+    for pt in points.iter().filter(|p| p["mode"]["kind"] == "open") {
+        out.push_str(&format!(
+            "## {} — open loop {} rps ({} B request frame, {} response message(s))\n\n",
+            pt["workload"].as_str().unwrap_or(""),
+            pt["mode"]["rate_rps"],
+            pt["request_frame_bytes"],
+            pt["response_messages"]
+        ));
+        out.push_str("| path | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | added p99.9 µs | p50 × direct | errors |\n|---|---|---|---|---|---|---|---|---|\n");
+        for p in &paths {
+            let name = p["name"].as_str().unwrap_or("");
+            let v = &pt["paths"][name];
+            let added = |k: &str| if name == "direct" { "–".to_owned() } else { fmt_spread(f(v, k), 0) };
+            out.push_str(&format!(
+                "| {name} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                fmt_spread(f(v, "p50_us"), 0),
+                fmt_spread(f(v, "p99_us"), 0),
+                fmt_spread(f(v, "p999_us"), 0),
+                added("added_p50_us"),
+                added("added_p99_us"),
+                added("added_p999_us"),
+                if name == "direct" { "1".to_owned() } else { fmt_spread(f(v, "p50_ratio"), 2) },
+                v["errors"],
+            ));
+        }
+        out.push('\n');
+    }
+    let h = &r["h2load_cross_check"];
+    if h.get("h2load_rps_median").is_some() {
+        out.push_str(&format!(
+            "## Generator cross-check (h2load, direct backend, unary ~100 B, 1 connection × {} in flight, {} s per run)\n\n\
+             | generator | rps median (runs) | mean latency µs median |\n|---|---|---|\n| strait-bench closed loop | {:.0} ({}) | {:.0} |\n| h2load | {:.0} ({}) | {:.0} |\n\n",
+            h["in_flight"],
+            h["seconds_per_run"],
+            h["strait_bench_rps_median"].as_f64().unwrap_or(0.0),
+            join(&h["strait_bench_rps"]),
+            h["strait_bench_mean_us_median"].as_f64().unwrap_or(0.0),
+            h["h2load_rps_median"].as_f64().unwrap_or(0.0),
+            join(&h["h2load_rps"]),
+            h["h2load_mean_us_median"].as_f64().unwrap_or(0.0),
+        ));
+    }
+    if let Some(sc) = r.get("scale").filter(|v| !v.is_null()) {
+        out.push_str(&scale_markdown(sc));
+    }
+    out.push_str(&format!(
+        "Total benchmark time: {:.0} s. Raw numbers: results.json; chart: latency.png.\n",
+        r["total_seconds"].as_f64().unwrap_or(0.0)
+    ));
+    out
+}
+
+fn join(v: &Value) -> String {
+    v.as_array()
+        .map(|a| a.iter().map(|x| format!("{:.0}", x.as_f64().unwrap_or(0.0))).collect::<Vec<_>>().join(", "))
+        .unwrap_or_default()
+}
+
+pub fn scale_markdown(sc: &Value) -> String {
+    if let Some(e) = sc.get("error") {
+        return format!("## Scale (Kubernetes mode)\n\nFAILED: {e}\n\n");
+    }
+    let g = |k: &str| sc[k].as_f64().unwrap_or(f64::NAN);
+    format!(
+        "## Scale (Kubernetes mode, real kube-apiserver + etcd)\n\n\
+         {} Services, {} EndpointSlices with {} endpoints, {} GRPCRoutes (created with kube-rs, {} in parallel, in {:.1} s = {:.0} objects/s).\n\n\
+         | metric | value |\n|---|---|\n\
+         | start-up sync (spawn → /ready 200) | {:.2} s |\n\
+         | proxy CPU during start-up sync | {:.2} s |\n\
+         | RSS after sync | {:.1} MiB |\n\
+         | RSS after {} route changes | {:.1} MiB |\n\
+         | route change → data plane (patch sent → /routes/query shows it), p50 | {:.0} ms |\n\
+         | … p99 / max (n = {}) | {:.0} ms / {:.0} ms |\n\
+         | proxy CPU per route change (recompile) | {:.0} ms |\n\n{}\n\n",
+        sc["services"],
+        sc["endpoint_slices"],
+        sc["endpoints"],
+        sc["grpc_routes"],
+        sc["create_parallelism"],
+        g("create_seconds"),
+        g("create_objects_per_second"),
+        g("sync_seconds"),
+        g("sync_cpu_seconds"),
+        g("rss_after_sync_bytes") / 1048576.0,
+        sc["changes"],
+        g("rss_after_changes_bytes") / 1048576.0,
+        g("change_p50_ms"),
+        sc["changes"],
+        g("change_p99_ms"),
+        g("change_max_ms"),
+        g("cpu_ms_per_change"),
+        sc["note"].as_str().unwrap_or("")
+    )
+}
+
+pub fn write_png(r: &Value, path: &Path) -> Result<()> {
+    use plotters::prelude::*;
+    let font = ["/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/TTF/DejaVuSans.ttf"]
+        .iter()
+        .find_map(|p| std::fs::read(p).ok())
+        .context("no DejaVuSans.ttf for the chart labels (apt-get install fonts-dejavu-core)")?;
+    let font: &'static [u8] = Box::leak(font.into_boxed_slice());
+    plotters::style::register_font("sans-serif", FontStyle::Normal, font)
+        .map_err(|_| anyhow::anyhow!("invalid font"))?;
+
+    let points: Vec<Value> = r["points"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p["mode"]["kind"] == "open")
+        .collect();
+    let paths: Vec<String> = r["paths"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap_or("").to_owned())
+        .collect();
+    let qs: [(&str, f64); 8] = [
+        ("p50", 0.5),
+        ("p75", 0.75),
+        ("p90", 0.9),
+        ("p95", 0.95),
+        ("p99", 0.99),
+        ("p99.5", 0.995),
+        ("p99.9", 0.999),
+        ("p99.99", 0.9999),
+    ];
+    let colors = [
+        RGBColor(0, 0, 0),
+        RGBColor(31, 119, 180),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+    ];
+    let root = BitMapBackend::new(path, (1600, 1100)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (title, body) = root.split_vertically(50);
+    title.draw(&Text::new(
+        format!(
+            "Strait benchmark: latency percentiles (merged over repeats), {}",
+            r["machine"]["date"].as_str().unwrap_or("")
+        ),
+        (20, 15),
+        ("sans-serif", 24).into_font(),
+    ))?;
+    let cols = 2;
+    let rows = points.len().div_ceil(cols).max(1);
+    let areas = body.split_evenly((rows, cols));
+    for (area, pt) in areas.iter().zip(points.iter()) {
+        let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+        let (mut lo, mut hi) = (f64::INFINITY, 0f64);
+        for name in &paths {
+            let pc = &pt["paths"][name.as_str()]["merged_percentiles_us"];
+            let pts: Vec<(f64, f64)> = qs
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (k, _))| pc[*k].as_f64().map(|v| (i as f64, v.max(1.0))))
+                .collect();
+            for (_, v) in &pts {
+                lo = lo.min(*v);
+                hi = hi.max(*v);
+            }
+            series.push((name.clone(), pts));
+        }
+        if !lo.is_finite() {
+            continue;
+        }
+        let caption = format!(
+            "{} @ {} rps (open loop)",
+            pt["workload"].as_str().unwrap_or(""),
+            pt["mode"]["rate_rps"].as_f64().unwrap_or(0.0)
+        );
+        let mut chart = ChartBuilder::on(area)
+            .caption(caption, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(-0.3f64..(qs.len() as f64 - 0.7), ((lo * 0.8)..(hi * 1.25)).log_scale())?;
+        chart
+            .configure_mesh()
+            .x_desc("percentile (categorical)")
+            .y_desc("latency µs (log)")
+            .x_labels(qs.len() * 2)
+            .y_labels(12)
+            .x_label_formatter(&|x| {
+                let i = x.round();
+                if (x - i).abs() < 0.05 && i >= 0.0 {
+                    qs.get(i as usize).map(|q| q.0.to_owned()).unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            })
+            .y_label_formatter(&|y| format!("{y:.0}"))
+            .label_style(("sans-serif", 14))
+            .draw()?;
+        for (i, (name, pts)) in series.into_iter().enumerate() {
+            let c = colors[i % colors.len()];
+            chart
+                .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?
+                .label(name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+            chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, c.filled())))?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .label_font(("sans-serif", 14))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}
