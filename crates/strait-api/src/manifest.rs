@@ -42,12 +42,42 @@ pub enum ManifestError {
 /// `default_namespace`, as `kubectl apply -n` would. Any invalid document fails the whole
 /// text, so a caller keeping per-file state never applies half a file.
 pub fn parse_manifests(text: &str, default_namespace: &str) -> Result<Resources, ManifestError> {
-    let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| ManifestError::Yaml(e.to_string()))?;
+    let mut docs: Vec<Value> = Vec::new();
+    for chunk in chunks(text) {
+        let parsed: Vec<Value> = serde_saphyr::from_multiple(chunk).map_err(|e| ManifestError::Yaml(e.to_string()))?;
+        docs.extend(parsed);
+    }
     let mut out = Resources::default();
     for (index, doc) in docs.into_iter().enumerate() {
         add_document(&mut out, index, doc, default_namespace)?;
     }
     Ok(out)
+}
+
+/// serde-saphyr's budget caps one parse at 1,024 documents (a defence against
+/// separator storms), less than a cluster's worth of Services dumped into one file, so
+/// long files are parsed in chunks of at most 1,000 documents, split at column-0 `---`
+/// lines (which end any block scalar, so a split never falls inside a value).
+fn chunks(text: &str) -> Vec<&str> {
+    const DOCS_PER_CHUNK: usize = 1000;
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut seen = 0;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let is_separator = line.starts_with("---") && line[3..].chars().next().is_none_or(|c| c.is_whitespace());
+        if is_separator {
+            seen += 1;
+            if seen == DOCS_PER_CHUNK {
+                out.push(&text[start..offset]);
+                start = offset;
+                seen = 0;
+            }
+        }
+        offset += line.len();
+    }
+    out.push(&text[start..]);
+    out
 }
 
 fn add_document(out: &mut Resources, index: usize, doc: Value, default_namespace: &str) -> Result<(), ManifestError> {
@@ -242,6 +272,18 @@ spec:
             let err = parse_manifests(text, "ns").expect_err(text).to_string();
             assert!(err.contains(want), "{text:?}: error {err:?} should contain {want:?}");
         }
+    }
+
+    #[test]
+    fn files_with_thousands_of_documents_parse() {
+        let text: String = (0..3000)
+            .map(|i| {
+                format!(
+                    "apiVersion: v1\nkind: Service\nmetadata: {{name: s{i}}}\nspec: {{ports: [{{port: 80}}]}}\n---\n"
+                )
+            })
+            .collect();
+        assert_eq!(parse_manifests(&text, "ns").expect("parses").services.len(), 3000);
     }
 
     #[test]
