@@ -377,7 +377,7 @@ pub async fn serve_backend(
         .add_service(RecommendationServiceServer::new(backend.clone()))
         .add_service(PaymentServiceServer::new(backend.clone()))
         .add_service(EchoServer::new(backend))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
         .await
 }
 

@@ -161,8 +161,8 @@ impl Transparent {
             // Not redirected: someone dialled the proxy's port itself (explicit mode).
             let proxy = self.proxy.clone();
             match side {
-                Side::Outbound => self.serve_h2(tcp, watcher, move |req| proxy.clone().outbound(req)),
-                Side::Inbound => self.serve_h2(tcp, watcher, move |req| proxy.clone().inbound(req)),
+                Side::Outbound => self.serve_h2(tcp, watcher, move |req| Box::pin(proxy.clone().outbound(req))),
+                Side::Inbound => self.serve_h2(tcp, watcher, move |req| Box::pin(proxy.clone().inbound(req))),
             }
             return;
         };
@@ -190,7 +190,7 @@ impl Transparent {
                     Some((d, _)) => OutboundTarget::Service(d),
                     None => OutboundTarget::Passthrough(dst),
                 };
-                self.serve_h2(tcp, watcher, move |req| proxy.clone().outbound_to(req, target.clone()));
+                self.serve_h2(tcp, watcher, move |req| Box::pin(proxy.clone().outbound_to(req, target.clone())));
             }
             (Side::Outbound, Protocol::Http1) => {
                 let this = self.clone();
@@ -211,7 +211,7 @@ impl Transparent {
                 None => tracing::debug!(%dst, "no endpoint for opaque connection; closed"),
             },
             (Side::Inbound, Protocol::Http2) => {
-                self.serve_h2(tcp, watcher, move |req| proxy.clone().forward_to(Side::Inbound, req, dst));
+                self.serve_h2(tcp, watcher, move |req| Box::pin(proxy.clone().forward_to(Side::Inbound, req, dst)));
             }
             (Side::Inbound, _) => splice(tcp, dst).await,
         }
