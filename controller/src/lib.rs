@@ -6,18 +6,16 @@
 //! controllers' entries alone. Only the replica holding the Lease writes.
 #![forbid(unsafe_code)]
 
-use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
-use kube::runtime::watcher;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use strait_api::{GrpcRoute, ReferenceGrant};
-use strait_kube::{Cache, convert_grant, grpcroute_resource, referencegrant_resource, run_watch, strip_service};
+use strait_api::GrpcRoute;
+use strait_kube::{ClusterCaches, grpcroute_resource};
 use strait_routing::{CompileOptions, RouteRef, Snapshot, compile};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 /// A GRPCRoute with what status writing needs besides the spec.
 pub struct RouteObject {
@@ -43,62 +41,28 @@ pub struct SyncReport {
 
 pub struct StatusController {
     client: Client,
-    services: Arc<Cache<Service>>,
-    routes: Arc<Cache<RouteObject>>,
-    grants: Arc<Cache<ReferenceGrant>>,
-    changed: Arc<Notify>,
+    caches: ClusterCaches<RouteObject>,
     options: CompileOptions,
 }
 
 impl StatusController {
     pub fn new(client: Client, options: CompileOptions) -> Arc<Self> {
-        Arc::new(StatusController {
-            client,
-            services: Cache::new(),
-            routes: Cache::new(),
-            grants: Cache::new(),
-            changed: Arc::new(Notify::new()),
-            options,
-        })
+        Arc::new(StatusController { client, caches: ClusterCaches::new(), options })
     }
 
     pub fn start_watches(&self) {
-        let c = self.client.clone();
-        tokio::spawn(run_watch(
-            "services",
-            Api::<Service>::all(c.clone()),
-            watcher::Config::default(),
-            strip_service,
-            self.services.clone(),
-            self.changed.clone(),
-        ));
-        tokio::spawn(run_watch(
-            "grpcroutes",
-            Api::<DynamicObject>::all_with(c.clone(), &grpcroute_resource()),
-            watcher::Config::default(),
-            convert_route_object,
-            self.routes.clone(),
-            self.changed.clone(),
-        ));
-        tokio::spawn(run_watch(
-            "referencegrants",
-            Api::<DynamicObject>::all_with(c, &referencegrant_resource()),
-            watcher::Config::default(),
-            convert_grant,
-            self.grants.clone(),
-            self.changed.clone(),
-        ));
+        self.caches.start(self.client.clone(), convert_route_object);
     }
 
     pub fn synced(&self) -> bool {
-        self.services.is_synced() && self.routes.is_synced() && self.grants.is_synced()
+        self.caches.synced()
     }
 
     /// Computes every route's status and writes those that changed.
     pub async fn sync_once(&self) -> SyncReport {
-        let services = self.services.values();
-        let routes = self.routes.values();
-        let grants = self.grants.values();
+        let services = self.caches.services.values();
+        let routes = self.caches.routes.values();
+        let grants = self.caches.grants.values();
         let snapshot = Snapshot {
             services: services.iter().map(|s| s.as_ref()).collect(),
             endpoint_slices: Vec::new(),
@@ -147,7 +111,7 @@ impl StatusController {
         let mut tick = tokio::time::interval(resync);
         loop {
             tokio::select! {
-                _ = self.changed.notified() => {
+                _ = self.caches.changed.notified() => {
                     // Coalesce a burst of watch events into one pass.
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
@@ -160,7 +124,7 @@ impl StatusController {
             let report = self.sync_once().await;
             if report.failed > 0 {
                 // Retry soon rather than at the next resync.
-                let changed = self.changed.clone();
+                let changed = self.caches.changed.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     changed.notify_one();

@@ -11,22 +11,17 @@
 //! (the watcher retries with backoff). A relist (410 Gone, reconnect) is buffered and
 //! swapped in whole at its end, so no intermediate empty set is ever published.
 use crate::state::SharedState;
-use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Client;
-use kube::api::{Api, DynamicObject};
+use kube::api::Api;
 use kube::runtime::watcher;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
-use strait_api::{GrpcRoute, ReferenceGrant};
-use strait_kube::{
-    Cache, SERVICE_NAME_LABEL, convert_grant, convert_route, grpcroute_resource, referencegrant_resource, run_watch,
-    strip_endpoint_slice, strip_service,
-};
+use strait_api::GrpcRoute;
+use strait_kube::{Cache, ClusterCaches, SERVICE_NAME_LABEL, convert_route, run_watch, strip_endpoint_slice};
 use strait_routing::{CompileOptions, ServiceKey, Snapshot, compile};
-use tokio::sync::Notify;
 
 /// Changes arriving within this window are compiled together.
 const DEBOUNCE: Duration = Duration::from_millis(5);
@@ -44,11 +39,8 @@ struct SliceWatch {
 
 pub struct KubeSource {
     client: Client,
-    services: Arc<Cache<Service>>,
-    routes: Arc<Cache<GrpcRoute>>,
-    grants: Arc<Cache<ReferenceGrant>>,
+    caches: ClusterCaches<GrpcRoute>,
     slices: RwLock<HashMap<ServiceKey, Arc<SliceWatch>>>,
-    changed: Arc<Notify>,
     options: CompileOptions,
     epoch: Instant,
     /// How long a Service's first request waits for its endpoints to be listed.
@@ -59,11 +51,8 @@ impl KubeSource {
     pub fn new(client: Client, options: CompileOptions) -> Arc<Self> {
         Arc::new(KubeSource {
             client,
-            services: Cache::new(),
-            routes: Cache::new(),
-            grants: Cache::new(),
+            caches: ClusterCaches::new(),
             slices: RwLock::new(HashMap::new()),
-            changed: Arc::new(Notify::new()),
             options,
             epoch: Instant::now(),
             demand_wait: Duration::from_secs(5),
@@ -72,35 +61,6 @@ impl KubeSource {
 
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
-    }
-
-    /// Starts the cluster-wide watches.
-    pub fn start(self: &Arc<Self>) {
-        let c = self.client.clone();
-        tokio::spawn(run_watch(
-            "services",
-            Api::<Service>::all(c.clone()),
-            watcher::Config::default(),
-            strip_service,
-            self.services.clone(),
-            self.changed.clone(),
-        ));
-        tokio::spawn(run_watch(
-            "grpcroutes",
-            Api::<DynamicObject>::all_with(c.clone(), &grpcroute_resource()),
-            watcher::Config::default(),
-            convert_route,
-            self.routes.clone(),
-            self.changed.clone(),
-        ));
-        tokio::spawn(run_watch(
-            "referencegrants",
-            Api::<DynamicObject>::all_with(c, &referencegrant_resource()),
-            watcher::Config::default(),
-            convert_grant,
-            self.grants.clone(),
-            self.changed.clone(),
-        ));
     }
 
     /// True when every key's endpoints are watched, listed and published; marks them used.
@@ -137,7 +97,7 @@ impl KubeSource {
                         cfg,
                         strip_endpoint_slice,
                         cache.clone(),
-                        self.changed.clone(),
+                        self.caches.changed.clone(),
                     ));
                     Arc::new(SliceWatch {
                         cache,
@@ -187,7 +147,7 @@ impl KubeSource {
         });
         let dropped = before - map.len();
         if dropped > 0 {
-            self.changed.notify_one();
+            self.caches.changed.notify_one();
         }
         dropped
     }
@@ -198,9 +158,9 @@ impl KubeSource {
 
     /// Compiles the caches into a routing state and publishes it.
     pub fn publish(&self, shared: &SharedState) -> u64 {
-        let services = self.services.values();
-        let routes = self.routes.values();
-        let grants = self.grants.values();
+        let services = self.caches.services.values();
+        let routes = self.caches.routes.values();
+        let grants = self.caches.grants.values();
         // Watches listed before their values are read: the state published below
         // holds their complete lists.
         let mut listed = Vec::new();
@@ -238,14 +198,17 @@ impl KubeSource {
         idle: Duration,
         on_publish: impl Fn() + Send + 'static,
     ) {
-        self.start();
-        self.services.wait_synced().await;
-        self.routes.wait_synced().await;
-        self.grants.wait_synced().await;
+        self.caches.start(self.client.clone(), convert_route);
+        self.caches.wait_synced().await;
         let version = self.publish(&shared);
         on_publish();
         shared.set_ready();
-        tracing::info!(version, services = self.services.len(), routes = self.routes.len(), "initial sync done; ready");
+        tracing::info!(
+            version,
+            services = self.caches.services.len(),
+            routes = self.caches.routes.len(),
+            "initial sync done; ready"
+        );
         let evictor = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval((idle / 4).max(Duration::from_secs(1)));
@@ -255,7 +218,7 @@ impl KubeSource {
             }
         });
         loop {
-            self.changed.notified().await;
+            self.caches.changed.notified().await;
             tokio::time::sleep(DEBOUNCE).await;
             let started = Instant::now();
             let version = self.publish(&shared);

@@ -165,6 +165,72 @@ pub async fn run_watch<K, T>(
     }
 }
 
+/// The cluster-wide caches routing status and routing both compile from: Services,
+/// GRPCRoutes (converted by the caller's `R`, since the status writer also keeps each
+/// route's raw status) and ReferenceGrants, with one change notification for all.
+pub struct ClusterCaches<R> {
+    pub services: Arc<Cache<Service>>,
+    pub routes: Arc<Cache<R>>,
+    pub grants: Arc<Cache<ReferenceGrant>>,
+    /// Notified on every applied change, by these watches and any the owner adds.
+    pub changed: Arc<Notify>,
+}
+
+impl<R: Send + Sync + 'static> ClusterCaches<R> {
+    pub fn new() -> Self {
+        ClusterCaches {
+            services: Cache::new(),
+            routes: Cache::new(),
+            grants: Cache::new(),
+            changed: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Starts the three cluster-wide watches; `convert_route` reads each GRPCRoute.
+    pub fn start(&self, client: kube::Client, convert_route: fn(DynamicObject) -> Option<R>) {
+        tokio::spawn(run_watch(
+            "services",
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+            strip_service,
+            self.services.clone(),
+            self.changed.clone(),
+        ));
+        tokio::spawn(run_watch(
+            "grpcroutes",
+            Api::<DynamicObject>::all_with(client.clone(), &grpcroute_resource()),
+            watcher::Config::default(),
+            convert_route,
+            self.routes.clone(),
+            self.changed.clone(),
+        ));
+        tokio::spawn(run_watch(
+            "referencegrants",
+            Api::<DynamicObject>::all_with(client, &referencegrant_resource()),
+            watcher::Config::default(),
+            convert_grant,
+            self.grants.clone(),
+            self.changed.clone(),
+        ));
+    }
+
+    pub fn synced(&self) -> bool {
+        self.services.is_synced() && self.routes.is_synced() && self.grants.is_synced()
+    }
+
+    pub async fn wait_synced(&self) {
+        self.services.wait_synced().await;
+        self.routes.wait_synced().await;
+        self.grants.wait_synced().await;
+    }
+}
+
+impl<R: Send + Sync + 'static> Default for ClusterCaches<R> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Services keep only what routing reads: name, namespace, ports, ClusterIPs.
 pub fn strip_service(s: Service) -> Option<Service> {
     let spec = s.spec.unwrap_or_default();
