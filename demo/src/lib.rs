@@ -672,3 +672,41 @@ mod tests {
         assert_eq!(endpoint_slice_yaml("app", "s", "grpc", &[]), "");
     }
 }
+
+/// Failure of [`http1_get`].
+#[derive(Debug, thiserror::Error)]
+pub enum HttpGetError {
+    #[error("GET {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("GET {path}: {source}")]
+    Http { path: String, source: hyper::Error },
+    #[error("GET {path}: invalid request: {source}")]
+    Request { path: String, source: http::Error },
+    #[error("GET {0} timed out")]
+    Timeout(String),
+}
+
+/// A minimal HTTP/1.1 GET (one connection, one request), e.g. for the proxy's admin
+/// endpoint: returns the status and the body, within `timeout`.
+pub async fn http1_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String), HttpGetError> {
+    use http_body_util::BodyExt;
+    let io = |source| HttpGetError::Io { path: path.to_owned(), source };
+    let hyper = |source| HttpGetError::Http { path: path.to_owned(), source };
+    let fetch = async {
+        let stream = tokio::net::TcpStream::connect(addr).await.map_err(io)?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(hyper)?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = http::Request::get(path)
+            .header(http::header::HOST, addr.to_string())
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(|source| HttpGetError::Request { path: path.to_owned(), source })?;
+        let resp = sender.send_request(req).await.map_err(hyper)?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.map_err(hyper)?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    tokio::time::timeout(timeout, fetch).await.map_err(|_| HttpGetError::Timeout(path.to_owned()))?
+}

@@ -35,8 +35,6 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
@@ -341,19 +339,7 @@ impl ProxyProcess {
 
 /// Minimal HTTP/1.1 GET: (status, body). Bounded by a 5 s timeout.
 pub async fn http1_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    let fetch = async {
-        let stream = TcpStream::connect(addr).await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let req = http::Request::get(path).header(http::header::HOST, addr.to_string()).body(Empty::<Bytes>::new())?;
-        let resp = sender.send_request(req).await?;
-        let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await?.to_bytes();
-        anyhow::Ok((status, String::from_utf8_lossy(&body).into_owned()))
-    };
-    tokio::time::timeout(Duration::from_secs(5), fetch).await.map_err(|_| anyhow!("GET {path} timed out"))?
+    Ok(strait_demo::http1_get(addr, path, Duration::from_secs(5)).await?)
 }
 
 // ---------------------------------------------------------------------------

@@ -16,12 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use bytes::Bytes;
 use clap::Parser;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
@@ -275,19 +271,7 @@ fn collect_lines(stream: impl AsyncRead + Unpin + Send + 'static, log: Arc<Mutex
 
 /// Minimal HTTP/1.1 GET for the admin endpoint; returns (status, body).
 async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    let fetch = async {
-        let stream = TcpStream::connect(addr).await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let req = http::Request::get(path).header(http::header::HOST, addr.to_string()).body(Empty::<Bytes>::new())?;
-        let resp = sender.send_request(req).await?;
-        let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await?.to_bytes();
-        anyhow::Ok((status, String::from_utf8_lossy(&body).into_owned()))
-    };
-    tokio::time::timeout(Duration::from_secs(3), fetch).await.map_err(|_| anyhow!("GET {path} timed out"))?
+    Ok(strait_demo::http1_get(addr, path, Duration::from_secs(3)).await?)
 }
 
 fn authority(service: &str) -> String {
