@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
         let headers = http::HeaderMap::new();
         for svc in state.services.values() {
             for port in &svc.ports {
-                for table in std::iter::once(&port.producer).chain(port.consumers.values()) {
+                for table in std::iter::once(port.producer()).chain(port.consumers.values()) {
                     for path in ["/a.B/C", "/", "", "/x/y/z"] {
                         if let Some(e) = table.route(&RequestView { path, headers: &headers }) {
                             let _ = e.rule.pick_backend(u64::MAX);

@@ -5,6 +5,7 @@ use clap::Parser;
 use strait_proxy::config::Args;
 
 fn main() -> anyhow::Result<()> {
+    strait_proxy::heap::limit_arenas();
     // One TLS crypto provider for the process (kube's client uses rustls).
     let _ = rustls::crypto::ring::default_provider().install_default();
     if std::env::args().nth(1).as_deref() == Some("wait-ready") {

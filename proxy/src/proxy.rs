@@ -357,7 +357,9 @@ impl Proxy {
         live.insert(self.inbound_app_addr);
         for svc in g.routing.services.values() {
             for port in &svc.ports {
-                for table in std::iter::once(&port.producer).chain(port.consumers.values()) {
+                // The Service default table (built only when used) sends to these.
+                live.extend(port.endpoints.endpoints.iter().map(|e| e.addr));
+                for table in port.route_tables() {
                     for e in &table.entries {
                         let backends = e.rule.backends.iter().chain(e.rule.mirrors.iter().map(|m| &m.backend));
                         for b in backends {

@@ -49,6 +49,8 @@ impl SharedState {
             source_errors,
             updated_at: Some(SystemTime::now()),
         }));
+        // The previous state is freed now (unless a request still holds it).
+        crate::heap::release_free_memory();
         version
     }
 

@@ -1,7 +1,8 @@
 //! The Kubernetes resources Strait reads, and a parser for ordinary multi-document
 //! manifest files (file mode).
 //!
-//! `Service` and `EndpointSlice` come from k8s-openapi. `GRPCRoute` and
+//! `EndpointSlice` comes from k8s-openapi; Services are read into the compact
+//! [`MeshService`]. `GRPCRoute` and
 //! `ReferenceGrant` are mirrored here with *open* string fields where the CRD has
 //! enums (`type`, `kind`, ...): the Gateway API wants a route carrying a value we do
 //! not support to be reported `Accepted=False/UnsupportedValue`, which is impossible
@@ -12,9 +13,11 @@
 
 mod gateway;
 mod manifest;
+mod service;
 
 pub use gateway::*;
 pub use k8s_openapi::api::core::v1::Service;
 pub use k8s_openapi::api::discovery::v1::EndpointSlice;
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 pub use manifest::{ManifestError, Resources, parse_manifests};
+pub use service::{MeshService, MeshServicePort};

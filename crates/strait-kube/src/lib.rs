@@ -6,7 +6,7 @@
 pub mod lease;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
-use strait_api::{GrpcRoute, ReferenceGrant};
+use strait_api::{GrpcRoute, MeshService, ReferenceGrant};
 use tokio::sync::{Notify, watch};
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -169,7 +169,7 @@ pub async fn run_watch<K, T>(
 /// GRPCRoutes (converted by the caller's `R`, since the status writer also keeps each
 /// route's raw status) and ReferenceGrants, with one change notification for all.
 pub struct ClusterCaches<R> {
-    pub services: Arc<Cache<Service>>,
+    pub services: Arc<Cache<MeshService>>,
     pub routes: Arc<Cache<R>>,
     pub grants: Arc<Cache<ReferenceGrant>>,
     /// Notified on every applied change, by these watches and any the owner adds.
@@ -192,7 +192,7 @@ impl<R: Send + Sync + 'static> ClusterCaches<R> {
             "services",
             Api::<Service>::all(client.clone()),
             watcher::Config::default(),
-            strip_service,
+            MeshService::from_owned,
             self.services.clone(),
             self.changed.clone(),
         ));
@@ -229,26 +229,6 @@ impl<R: Send + Sync + 'static> Default for ClusterCaches<R> {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// Services keep only what routing reads: name, namespace, ports, ClusterIPs.
-pub fn strip_service(s: Service) -> Option<Service> {
-    let spec = s.spec.unwrap_or_default();
-    Some(Service {
-        metadata: ObjectMeta { name: s.metadata.name, namespace: s.metadata.namespace, ..ObjectMeta::default() },
-        spec: Some(ServiceSpec {
-            ports: spec.ports.map(|ps| {
-                ps.into_iter()
-                    .map(|p| ServicePort { name: p.name, port: p.port, protocol: p.protocol, ..ServicePort::default() })
-                    .collect()
-            }),
-            cluster_ip: spec.cluster_ip,
-            cluster_ips: spec.cluster_ips,
-            type_: spec.type_,
-            ..ServiceSpec::default()
-        }),
-        status: None,
-    })
 }
 
 /// EndpointSlices keep the service-name label, addresses, conditions, target name, ports.
@@ -349,12 +329,10 @@ mod tests {
                      "clusterIPs": ["10.96.0.1"], "selector": {"app": "a"}},
         }))
         .expect("service");
-        let s = strip_service(svc).expect("kept");
-        assert!(s.metadata.annotations.is_none() && s.metadata.managed_fields.is_none() && s.metadata.labels.is_none());
-        let spec = s.spec.expect("spec");
-        assert_eq!(spec.cluster_ip.as_deref(), Some("10.96.0.1"));
-        assert_eq!(spec.ports.expect("ports")[0].port, 80);
-        assert!(spec.selector.is_none());
+        let s = MeshService::from_owned(svc).expect("kept");
+        assert_eq!((s.namespace.as_str(), s.name.as_str()), ("n", "a"));
+        assert_eq!(s.cluster_ips, vec![std::net::IpAddr::from([10, 96, 0, 1])]);
+        assert_eq!(s.ports[0].port, 80);
 
         let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "a-1", "namespace": "n", "labels": {"kubernetes.io/service-name": "a", "other": "x"},

@@ -7,10 +7,10 @@ use http::header::{HeaderName, HeaderValue};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use strait_api::{
-    EndpointSlice, GrpcBackendRef, GrpcRoute, GrpcRouteFilter, GrpcRouteMatch, HeaderModifier, ParentReference,
-    ReferenceGrant, Resources, Service,
+    EndpointSlice, GrpcBackendRef, GrpcRoute, GrpcRouteFilter, GrpcRouteMatch, HeaderModifier, MeshService,
+    ParentReference, ReferenceGrant, Resources,
 };
 
 const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
@@ -21,7 +21,7 @@ const MAX_WEIGHT: i32 = 1_000_000;
 /// The resources routing is computed from, borrowed from wherever the caller keeps them.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot<'a> {
-    pub services: Vec<&'a Service>,
+    pub services: Vec<&'a MeshService>,
     pub endpoint_slices: Vec<&'a EndpointSlice>,
     pub grpc_routes: Vec<&'a GrpcRoute>,
     pub reference_grants: Vec<&'a ReferenceGrant>,
@@ -46,8 +46,7 @@ pub struct CompileOptions {
 }
 
 struct ServiceInfo<'a> {
-    svc: &'a Service,
-    ports: Vec<(Option<String>, u16)>,
+    svc: &'a MeshService,
 }
 
 struct Ctx<'a> {
@@ -56,6 +55,9 @@ struct Ctx<'a> {
     grants: &'a [&'a ReferenceGrant],
     opts: &'a CompileOptions,
     endpoint_cache: HashMap<(ServiceKey, u16), Arc<EndpointSet>>,
+    /// One empty set shared by every Service port without endpoints (in Kubernetes mode,
+    /// all Services this pod has not called yet).
+    no_endpoints: Arc<EndpointSet>,
 }
 
 /// A compiled rule and its matches (`None` = the rule has no matches: all requests).
@@ -76,21 +78,13 @@ pub fn compile(snap: &Snapshot<'_>, opts: &CompileOptions) -> RoutingState {
         grants: &snap.reference_grants,
         opts,
         endpoint_cache: HashMap::new(),
+        no_endpoints: Arc::new(EndpointSet::default()),
     };
     for svc in &snap.services {
-        let Some(key) = meta_key(&svc.metadata) else { continue };
-        let ports = svc
-            .spec
-            .as_ref()
-            .and_then(|s| s.ports.as_ref())
-            .map(|ports| {
-                ports
-                    .iter()
-                    .filter_map(|p| Some((p.name.clone().filter(|n| !n.is_empty()), u16::try_from(p.port).ok()?)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        ctx.services.insert(key, ServiceInfo { svc, ports });
+        if svc.name.is_empty() {
+            continue;
+        }
+        ctx.services.insert(ServiceKey::new(svc.namespace.as_str(), svc.name.as_str()), ServiceInfo { svc });
     }
     for slice in &snap.endpoint_slices {
         let ns = slice.metadata.namespace.clone().unwrap_or_default();
@@ -169,19 +163,15 @@ pub fn compile(snap: &Snapshot<'_>, opts: &CompileOptions) -> RoutingState {
     let keys: Vec<ServiceKey> = ctx.services.keys().cloned().collect();
     for key in keys {
         let Some(info) = ctx.services.get(&key) else { continue };
-        let cluster_ips = cluster_ips(info.svc);
-        let svc_ports = info.ports.clone();
+        let svc = info.svc;
         let mut ports = Vec::new();
-        for (port_name, port) in svc_ports {
+        for strait_api::MeshServicePort { name: port_name, port } in svc.ports.iter().cloned() {
             let bound = bindings.get(&(key.clone(), port)).map(Vec::as_slice).unwrap_or(&[]);
             let (producers, consumers): (Vec<usize>, Vec<usize>) =
                 bound.iter().partition(|i| compiled[**i].key.namespace == key.namespace);
             let endpoints = ctx.endpoints(&key, port_name.as_deref(), port);
-            let producer = if producers.is_empty() {
-                Arc::new(default_table(&key, port, endpoints.clone()))
-            } else {
-                Arc::new(build_table(TableOrigin::Producer, &producers, &compiled))
-            };
+            let producer =
+                (!producers.is_empty()).then(|| Arc::new(build_table(TableOrigin::Producer, &producers, &compiled)));
             let mut by_ns: BTreeMap<String, Vec<usize>> = BTreeMap::new();
             for i in consumers {
                 by_ns.entry(compiled[i].key.namespace.clone()).or_default().push(i);
@@ -193,12 +183,20 @@ pub fn compile(snap: &Snapshot<'_>, opts: &CompileOptions) -> RoutingState {
                     (ns, Arc::new(table))
                 })
                 .collect();
-            ports.push(PortRoutes { name: port_name, port, endpoints, producer, consumers });
+            ports.push(PortRoutes {
+                service: key.clone(),
+                name: port_name,
+                port,
+                endpoints,
+                producer,
+                default_table: OnceLock::new(),
+                consumers,
+            });
         }
-        for ip in &cluster_ips {
+        for ip in &svc.cluster_ips {
             state.by_cluster_ip.insert(*ip, key.clone());
         }
-        state.services.insert(key, ServiceRoutes { cluster_ips, ports });
+        state.services.insert(key, ServiceRoutes { cluster_ips: svc.cluster_ips.clone(), ports });
     }
     state
 }
@@ -208,26 +206,18 @@ fn meta_key(meta: &strait_api::ObjectMeta) -> Option<ServiceKey> {
     Some(ServiceKey::new(meta.namespace.clone().unwrap_or_default(), name))
 }
 
-fn cluster_ips(svc: &Service) -> Vec<IpAddr> {
-    let Some(spec) = svc.spec.as_ref() else { return Vec::new() };
-    let mut raw: Vec<&String> = spec.cluster_ips.iter().flatten().collect();
-    if raw.is_empty() {
-        raw.extend(spec.cluster_ip.iter());
-    }
-    raw.iter().filter_map(|s| s.parse().ok()).collect()
-}
-
 /// The Service ports a parentRef binds, or why it binds none (`NoMatchingParent`).
 fn bind_parent(ctx: &Ctx<'_>, key: &ServiceKey, parent: &ParentReference) -> Result<Vec<u16>, String> {
     let info = ctx.services.get(key).ok_or_else(|| format!("Service {key} not found"))?;
     let ports: Vec<u16> = info
+        .svc
         .ports
         .iter()
-        .filter(|(name, port)| {
-            parent.port.is_none_or(|want| i32::from(*port) == want)
-                && parent.section_name.as_ref().is_none_or(|want| name.as_ref() == Some(want))
+        .filter(|p| {
+            parent.port.is_none_or(|want| i32::from(p.port) == want)
+                && parent.section_name.as_ref().is_none_or(|want| p.name.as_ref() == Some(want))
         })
-        .map(|(_, port)| *port)
+        .map(|p| p.port)
         .collect();
     if ports.is_empty() {
         let mut what = Vec::new();
@@ -492,10 +482,10 @@ fn resolve_backend(
     } else if let Some(port) = port {
         match ctx.services.get(&service) {
             None => Some(("BackendNotFound", format!("Service {service} not found"))),
-            Some(info) => match info.ports.iter().find(|(_, p)| *p == port) {
+            Some(info) => match info.svc.port(port) {
                 None => Some(("BackendNotFound", format!("Service {service} has no port {port}"))),
-                Some((name, _)) => {
-                    let name = name.clone();
+                Some(p) => {
+                    let name = p.name.clone();
                     backend.target = BackendTarget::Endpoints(ctx.endpoints(&service, name.as_deref(), port));
                     None
                 }
@@ -529,11 +519,12 @@ fn granted(grants: &[&ReferenceGrant], route: &RouteRef, to: &ServiceKey) -> boo
 impl Ctx<'_> {
     /// The routable endpoints of a Service port, shared between every backend using it.
     fn endpoints(&mut self, key: &ServiceKey, port_name: Option<&str>, port: u16) -> Arc<EndpointSet> {
+        let Some(slices) = self.slices.get(key) else { return self.no_endpoints.clone() };
         if let Some(set) = self.endpoint_cache.get(&(key.clone(), port)) {
             return set.clone();
         }
         let mut all: BTreeMap<SocketAddr, Endpoint> = BTreeMap::new();
-        for slice in self.slices.get(key).map(Vec::as_slice).unwrap_or(&[]) {
+        for slice in slices {
             if slice.address_type == "FQDN" {
                 continue;
             }
@@ -579,32 +570,6 @@ impl Ctx<'_> {
         let set = Arc::new(EndpointSet { endpoints });
         self.endpoint_cache.insert((key.clone(), port), set.clone());
         set
-    }
-}
-
-fn default_table(key: &ServiceKey, port: u16, endpoints: Arc<EndpointSet>) -> RouteTable {
-    let backend = Backend {
-        service: key.clone(),
-        port,
-        weight: 1,
-        target: BackendTarget::Endpoints(endpoints),
-        request_header_modifier: None,
-        response_header_modifier: None,
-        mirrors: Vec::new(),
-    };
-    let rule = Rule {
-        route: None,
-        rule_index: 0,
-        rule_name: None,
-        request_header_modifier: None,
-        response_header_modifier: None,
-        mirrors: Vec::new(),
-        backends: vec![backend],
-        total_weight: 1,
-    };
-    RouteTable {
-        origin: TableOrigin::ServiceDefault,
-        entries: vec![TableEntry { matcher: RequestMatcher::ANY, match_index: None, rule: Arc::new(rule) }],
     }
 }
 

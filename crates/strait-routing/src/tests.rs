@@ -280,9 +280,9 @@ fn parent_refs_bind_only_services_with_port_and_section() {
     assert_eq!(reason("bad-section"), "NoMatchingParent");
     // Unbound port keeps the Service default.
     let port = s.lookup(&parse_authority("user-service:50051", APP, "cluster.local").expect("a")).expect("p");
-    assert_eq!(port.producer.origin, TableOrigin::ServiceDefault);
+    assert_eq!(port.producer().origin, TableOrigin::ServiceDefault);
     let multi = s.lookup(&parse_authority("multi:9000", APP, "cluster.local").expect("a")).expect("p");
-    assert_eq!(multi.producer.origin, TableOrigin::Producer);
+    assert_eq!(multi.producer().origin, TableOrigin::Producer);
     // The parentRef is echoed as written, with the Service it resolved to.
     let ps = &status(&s, APP, "section").parents[0];
     assert_eq!(
@@ -421,7 +421,7 @@ fn missing_and_invalid_backends() {
         assert_eq!(st.parents[0].resolved_refs.reason, reason, "{rules}");
         let port = s.lookup(&parse_authority("user-service:50051", APP, "cluster.local").expect("a")).expect("p");
         let h = HeaderMap::new();
-        let e = port.producer.route(&RequestView { path: "/a/b", headers: &h }).expect("rule");
+        let e = port.producer().route(&RequestView { path: "/a/b", headers: &h }).expect("rule");
         let got: Vec<bool> = e.rule.backends.iter().map(|b| b.endpoints().is_some()).collect();
         assert_eq!(got, resolvable, "{rules}");
     }
@@ -429,7 +429,7 @@ fn missing_and_invalid_backends() {
     let s = state_of(&(app_services() + &route(APP, "r", parent, cases[1].0)));
     let port = s.lookup(&parse_authority("user-service:50051", APP, "cluster.local").expect("a")).expect("p");
     let h = HeaderMap::new();
-    let rule = &port.producer.route(&RequestView { path: "/a/b", headers: &h }).expect("rule").rule;
+    let rule = &port.producer().route(&RequestView { path: "/a/b", headers: &h }).expect("rule").rule;
     assert!((0..100).all(|r| rule.pick_backend(r).is_some_and(|b| b.service.name == "reader")));
 }
 
@@ -441,7 +441,7 @@ fn all_zero_weights_pick_nothing() {
     );
     let port = s.lookup(&parse_authority("user-service:50051", APP, "cluster.local").expect("a")).expect("p");
     let h = HeaderMap::new();
-    let rule = &port.producer.route(&RequestView { path: "/a/b", headers: &h }).expect("rule").rule;
+    let rule = &port.producer().route(&RequestView { path: "/a/b", headers: &h }).expect("rule").rule;
     assert!(rule.pick_backend(7).is_none());
 }
 
@@ -452,7 +452,7 @@ fn crd_defaults_are_applied() {
     let rules = "  - matches: [{method: {service: s.S, method: M}, headers: [{name: h, value: v}]}]\n    backendRefs: [{name: reader, port: 50051}, {name: writer, port: 50051}]\n";
     let s = state_of(&(app_services() + &route(APP, "r", parent, rules)));
     let port = s.lookup(&parse_authority("user-service:50051", APP, "cluster.local").expect("a")).expect("p");
-    let e = &port.producer.entries[0];
+    let e = &port.producer().entries[0];
     assert!(matches!(e.matcher.method, MethodMatcher::Exact { .. }));
     assert!(matches!(e.matcher.headers[0], HeaderMatcher::Exact { .. }));
     assert_eq!(e.rule.shares(), vec![0.5, 0.5]);
@@ -480,7 +480,7 @@ fn filters_compile_at_rule_and_backend_level() {
     let s = state_of(&(app_services() + &route(APP, "r", parent, rules)));
     assert!(status(&s, APP, "r").accepted());
     let port = s.lookup(&parse_authority("user-service:50051", APP, "cluster.local").expect("a")).expect("p");
-    let rule = &port.producer.entries[0].rule;
+    let rule = &port.producer().entries[0].rule;
     let mut h = headers(&[("x-priority", "low"), ("x-drop", "1")]);
     rule.request_header_modifier.as_ref().expect("req filter").apply(&mut h);
     assert_eq!(h.get("x-priority").and_then(|v| v.to_str().ok()), Some("low,high"));
@@ -501,7 +501,7 @@ fn filters_compile_at_rule_and_backend_level() {
 fn service_without_routes_goes_to_its_own_endpoints() {
     let s = state_of(&app_services());
     let port = s.lookup(&parse_authority("reader.app:50051", "x", "cluster.local").expect("a")).expect("p");
-    assert_eq!(port.producer.origin, TableOrigin::ServiceDefault);
+    assert_eq!(port.producer().origin, TableOrigin::ServiceDefault);
     let h = HeaderMap::new();
     let e = port.table_for("x").route(&RequestView { path: "/any/Thing", headers: &h }).expect("catch-all");
     let eps = e.rule.backends[0].endpoints().expect("endpoints");
@@ -563,7 +563,7 @@ ports: [{name: grpc, port: 8080}]
     let s = state_of(yaml);
     let addrs = |port: u16| -> Vec<String> {
         let p = s.lookup(&Destination { namespace: "shop".into(), name: "s".into(), port: Some(port) }).expect("port");
-        let set = p.producer.entries[0].rule.backends[0].endpoints().expect("set").clone();
+        let set = p.producer().entries[0].rule.backends[0].endpoints().expect("set").clone();
         set.endpoints.iter().map(|e| e.addr.to_string()).collect()
     };
     // Ready (and unknown = ready) only; named target ports per slice; duplicates merged.
@@ -588,7 +588,7 @@ ports: [{port: 8080}]
 "#;
     let s = state_of(yaml);
     let p = s.lookup(&Destination { namespace: "shop".into(), name: "s".into(), port: Some(80) }).expect("port");
-    let set = p.producer.entries[0].rule.backends[0].endpoints().expect("set").clone();
+    let set = p.producer().entries[0].rule.backends[0].endpoints().expect("set").clone();
     assert_eq!(set.endpoints.len(), 1);
     assert!(set.endpoints[0].terminating && set.endpoints[0].serving);
 }
@@ -612,4 +612,30 @@ fn routes_dump_as_json() {
     assert_eq!(entry["rule"]["route"]["name"], "r");
     assert_eq!(entry["rule"]["backends"][0]["weight"], 3);
     assert_eq!(v["routeStatuses"][0]["parents"][0]["accepted"]["reason"], "Accepted");
+}
+
+#[test]
+fn service_default_table_is_built_on_first_use_and_shown_in_dumps() {
+    let s = state_of(&services(APP, &["plain:50051"]));
+    let port = s.lookup(&parse_authority("plain:50051", APP, "cluster.local").expect("a")).expect("port");
+    // Nothing built until a request (or a dump) needs it; pool upkeep sees no route table.
+    assert!(port.default_table.get().is_none());
+    assert_eq!(port.route_tables().count(), 0);
+    let dump = serde_json::to_value(port).expect("dump");
+    assert_eq!(dump["producer"]["origin"]["kind"], "serviceDefault");
+    assert!(port.default_table.get().is_none(), "a dump does not keep the default built");
+    let table = port.table_for("any-namespace");
+    assert_eq!(table.origin, TableOrigin::ServiceDefault);
+    let backend = &table.entries[0].rule.backends[0];
+    assert_eq!((backend.service.to_string(), backend.port), (format!("{APP}/plain"), 50051));
+    assert!(std::sync::Arc::ptr_eq(table, port.producer()), "built once per state");
+    // Services without endpoint slices share one empty set.
+    let bare = |name: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {APP}}}\nspec: {{ports: [{{port: 80}}]}}\n"
+        )
+    };
+    let two = state_of(&(bare("a") + &bare("b")));
+    let ep = |name: &str| two.service(&ServiceKey::new(APP, name)).expect("svc").ports[0].endpoints.clone();
+    assert!(std::sync::Arc::ptr_eq(&ep("a"), &ep("b")) && ep("a").endpoints.is_empty());
 }
