@@ -109,6 +109,9 @@ pub struct Args {
     pub h2: H2Limits,
 }
 
+/// The largest HTTP/2 flow-control window (RFC 9113 §6.9.1).
+pub const MAX_H2_WINDOW: u32 = (1 << 31) - 1;
+
 /// HTTP/2 limits, set explicitly rather than left to library defaults.
 #[derive(Debug, Clone, clap::Args)]
 pub struct H2Limits {
@@ -131,11 +134,23 @@ pub struct H2Limits {
     pub initial_stream_window_size: u32,
     #[arg(long, env = "STRAIT_H2_CONNECTION_WINDOW", default_value_t = 4 * 1024 * 1024)]
     pub initial_connection_window_size: u32,
+    /// Per-stream receive window on connections to upstreams (endpoints, the local app).
+    /// Their connection window is the protocol maximum, so this is what bounds the
+    /// response bytes one unread stream can leave in the proxy: an upstream connection
+    /// is shared by every caller, and with a connection window that a few unread
+    /// streams could fill, one caller that stops reading would stall all the others.
+    #[arg(long, env = "STRAIT_H2_UPSTREAM_STREAM_WINDOW", default_value_t = 256 * 1024)]
+    pub upstream_stream_window_size: u32,
     /// HTTP/2 PING interval on idle-looking connections.
     #[arg(long, env = "STRAIT_H2_KEEPALIVE_INTERVAL", default_value = "20s", value_parser = parse_duration)]
     pub keep_alive_interval: Duration,
     #[arg(long, env = "STRAIT_H2_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub keep_alive_timeout: Duration,
+    /// Close (GOAWAY; streams in flight finish) HTTP/2 connections on which no request
+    /// has started for this long, including connections that never send one. Keep-alive
+    /// alone keeps any peer that answers PINGs forever. `0` disables.
+    #[arg(long, env = "STRAIT_H2_IDLE_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -152,6 +167,8 @@ pub enum ConfigError {
     RetryRatio(String),
     #[error("--{0} must be greater than zero")]
     Zero(&'static str),
+    #[error("--{flag} {value} is outside the HTTP/2 window range 1..=2147483647")]
+    Window { flag: &'static str, value: u32 },
 }
 
 impl Args {
@@ -187,6 +204,17 @@ impl Args {
         }
         if self.h2.max_concurrent_streams == 0 {
             return Err(ConfigError::Zero("max-concurrent-streams"));
+        }
+        let windows = [
+            ("initial-stream-window-size", self.h2.initial_stream_window_size),
+            ("initial-connection-window-size", self.h2.initial_connection_window_size),
+            ("upstream-stream-window-size", self.h2.upstream_stream_window_size),
+        ];
+        for (flag, value) in windows {
+            // h2 asserts on larger values; zero would stall every stream.
+            if value == 0 || value > MAX_H2_WINDOW {
+                return Err(ConfigError::Window { flag, value });
+            }
         }
         if !(0.0..=10.0).contains(&self.retry_budget_ratio) {
             return Err(ConfigError::RetryRatio(self.retry_budget_ratio.to_string()));
@@ -243,6 +271,8 @@ mod tests {
             (vec!["--outbound-addr", "127.0.0.1:15000"], "must differ"),
             (vec!["--log-format", "xml"], "log-format"),
             (vec!["--max-concurrent-streams", "0"], "greater than zero"),
+            (vec!["--upstream-stream-window-size", "0"], "window range"),
+            (vec!["--initial-connection-window-size", "2147483648"], "window range"),
         ];
         for (flags, want) in bad {
             let err = args(&flags).expect("parses").validate().expect_err("invalid").to_string();

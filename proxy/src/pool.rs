@@ -9,7 +9,7 @@
 //! within about a second, single spikes do not, and outstanding requests still
 //! dominate under concurrency.
 use crate::body::ProxyBody;
-use crate::config::H2Limits;
+use crate::config::{H2Limits, MAX_H2_WINDOW};
 use arc_swap::ArcSwapOption;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -18,6 +18,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
+
+/// The receive window of a whole upstream connection: the protocol maximum.
+const UPSTREAM_CONNECTION_WINDOW: u32 = MAX_H2_WINDOW;
 use strait_routing::EndpointSet;
 
 /// Horizon of the latency estimate.
@@ -284,8 +287,10 @@ impl Pool {
         let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
-            .initial_stream_window_size(h2.initial_stream_window_size)
-            .initial_connection_window_size(h2.initial_connection_window_size)
+            .initial_stream_window_size(h2.upstream_stream_window_size)
+            // Never the binding limit: unread streams hold at most their own window each
+            // (see H2Limits::upstream_stream_window_size), and other callers keep flowing.
+            .initial_connection_window_size(UPSTREAM_CONNECTION_WINDOW)
             .max_header_list_size(h2.max_header_list_size)
             .max_send_buf_size(h2.max_send_buf_size)
             .max_pending_accept_reset_streams(h2.max_pending_accept_reset_streams)

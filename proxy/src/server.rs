@@ -1,13 +1,17 @@
-//! Listeners: accept connections, serve HTTP/2 with explicit limits, drain on shutdown.
+//! Listeners: accept connections, serve HTTP/2 with explicit limits, close idle
+//! connections, drain on shutdown.
 use crate::config::H2Limits;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 
 /// The HTTP/2 server settings of every listener, from the explicit limits.
 pub fn h2_builder(limits: &H2Limits) -> hyper::server::conn::http2::Builder<TokioExecutor> {
@@ -26,6 +30,192 @@ pub fn h2_builder(limits: &H2Limits) -> hyper::server::conn::http2::Builder<Toki
     builder
 }
 
+/// The open connections of a listener: told to drain together, and waited for.
+#[derive(Clone)]
+pub struct Connections {
+    inner: Arc<ConnectionsInner>,
+}
+
+struct ConnectionsInner {
+    draining: watch::Sender<bool>,
+    open: AtomicUsize,
+    all_closed: Notify,
+}
+
+/// Held by a connection's task while the connection is open.
+pub struct ConnectionGuard {
+    inner: Arc<ConnectionsInner>,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        if self.inner.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.inner.all_closed.notify_waiters();
+        }
+    }
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Connections {
+            inner: Arc::new(ConnectionsInner {
+                draining: watch::channel(false).0,
+                open: AtomicUsize::new(0),
+                all_closed: Notify::new(),
+            }),
+        }
+    }
+}
+
+impl Connections {
+    pub fn track(&self) -> ConnectionGuard {
+        self.inner.open.fetch_add(1, Ordering::AcqRel);
+        ConnectionGuard { inner: self.inner.clone() }
+    }
+
+    pub fn open(&self) -> usize {
+        self.inner.open.load(Ordering::Acquire)
+    }
+
+    /// Tells every connection to finish (GOAWAY) and waits until all have closed.
+    pub async fn drain(&self) {
+        self.inner.draining.send_replace(true);
+        loop {
+            let closed = self.inner.all_closed.notified();
+            tokio::pin!(closed);
+            closed.as_mut().enable();
+            if self.open() == 0 {
+                return;
+            }
+            closed.await;
+        }
+    }
+
+    /// Serves one connection until it ends: graceful shutdown when the listener drains,
+    /// or (with `idle`) when no request has started on it for that long.
+    pub async fn run<C: GracefulConnection>(&self, conn: C, idle: Option<IdleClock>) {
+        let _guard = self.track();
+        let mut draining = self.inner.draining.subscribe();
+        tokio::pin!(conn);
+        let mut shutting_down = false;
+        let idle_deadline = async {
+            match &idle {
+                Some(clock) => clock.expired().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(idle_deadline);
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "connection ended with error");
+                    }
+                    return;
+                }
+                _ = draining.wait_for(|d| *d), if !shutting_down => {
+                    conn.as_mut().start_graceful_shutdown();
+                    shutting_down = true;
+                }
+                _ = &mut idle_deadline, if !shutting_down => {
+                    tracing::debug!(idle = ?idle.as_ref().map(|c| c.timeout), "connection idle; closing");
+                    metrics::counter!("strait_idle_connections_closed_total").increment(1);
+                    conn.as_mut().start_graceful_shutdown();
+                    shutting_down = true;
+                }
+            }
+        }
+    }
+}
+
+/// hyper's server connections, which can be asked to finish gracefully.
+pub trait GracefulConnection: Future<Output = Result<(), hyper::Error>> {
+    fn start_graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, E, B> GracefulConnection for hyper::server::conn::http2::Connection<I, S, E>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn start_graceful_shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, B> GracefulConnection for hyper::server::conn::http1::Connection<I, S>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn start_graceful_shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// When a connection last started a request.
+#[derive(Clone)]
+pub struct IdleClock {
+    opened: Instant,
+    /// Milliseconds after `opened` of the last request start.
+    last_request_ms: Arc<AtomicU64>,
+    timeout: Duration,
+}
+
+impl IdleClock {
+    /// `None` when idle closing is off (`--idle-timeout 0`).
+    pub fn new(timeout: Duration) -> Option<IdleClock> {
+        (!timeout.is_zero()).then(|| IdleClock {
+            opened: Instant::now(),
+            last_request_ms: Arc::new(AtomicU64::new(0)),
+            timeout,
+        })
+    }
+
+    pub fn request_started(&self) {
+        self.last_request_ms.store(self.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Resolves once no request has started for `timeout`. Sleeps until the earliest
+    /// possible expiry instead of ticking: one timer wake per idle period.
+    async fn expired(&self) {
+        loop {
+            let last = self.opened + Duration::from_millis(self.last_request_ms.load(Ordering::Relaxed));
+            let deadline = last + self.timeout;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+/// Serves one HTTP/2 connection with `handler`, closing it when idle or draining.
+pub fn spawn_h2_connection<F, Fut>(limits: &H2Limits, conns: &Connections, tcp: TcpStream, handler: F)
+where
+    F: Fn(http::Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<http::Response<crate::body::ProxyBody>, std::convert::Infallible>> + Send + 'static,
+{
+    let idle = IdleClock::new(limits.idle_timeout);
+    let clock = idle.clone();
+    let service = service_fn(move |req| {
+        if let Some(c) = &clock {
+            c.request_started();
+        }
+        handler(req)
+    });
+    let conn = h2_builder(limits).serve_connection(TokioIo::new(tcp), service);
+    let conns = conns.clone();
+    tokio::spawn(async move { conns.run(conn, idle).await });
+}
+
 /// Serves h2c on `listener` until `shutdown` flips, then sends GOAWAY on every
 /// connection and waits up to `drain` for in-flight streams.
 pub async fn serve_h2<F, Fut>(
@@ -39,8 +229,7 @@ pub async fn serve_h2<F, Fut>(
     F: Fn(http::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<http::Response<crate::body::ProxyBody>, std::convert::Infallible>> + Send + 'static,
 {
-    let builder = h2_builder(&limits);
-    let graceful = GracefulShutdown::new();
+    let conns = Connections::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -54,22 +243,49 @@ pub async fn serve_h2<F, Fut>(
                     }
                 };
                 let _ = tcp.set_nodelay(true);
-                let handler = handler.clone();
-                let conn = builder.serve_connection(TokioIo::new(tcp), service_fn(handler));
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(listener = name, %peer, error = %e, "connection ended with error");
-                    }
-                });
+                tracing::trace!(listener = name, %peer, "accepted");
+                spawn_h2_connection(&limits, &conns, tcp, handler.clone());
             }
             _ = shutdown.changed() => break,
         }
     }
     drop(listener);
     tracing::info!(listener = name, ?drain, "draining connections");
-    match tokio::time::timeout(drain, graceful.shutdown()).await {
+    match tokio::time::timeout(drain, conns.drain()).await {
         Ok(()) => tracing::info!(listener = name, "all connections drained"),
-        Err(_) => tracing::warn!(listener = name, "drain timeout; closing remaining connections"),
+        Err(_) => tracing::warn!(listener = name, open = conns.open(), "drain timeout; closing remaining connections"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn idle_clock_expires_only_after_a_quiet_period() {
+        let timeout = Duration::from_millis(200);
+        let clock = IdleClock::new(timeout).expect("enabled");
+        assert!(IdleClock::new(Duration::ZERO).is_none(), "0 disables");
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        clock.request_started();
+        let started = Instant::now();
+        clock.expired().await;
+        // Expiry counts from the request at 120 ms, not from the connection's opening.
+        assert!(started.elapsed() >= timeout - Duration::from_millis(2), "{:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn drain_waits_for_every_tracked_connection() {
+        let conns = Connections::default();
+        let guard = conns.track();
+        let waiter = tokio::spawn({
+            let conns = conns.clone();
+            async move { conns.drain().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "drained with a connection open");
+        drop(guard);
+        tokio::time::timeout(Duration::from_secs(2), waiter).await.expect("drained").expect("task");
+        assert_eq!(conns.open(), 0);
     }
 }

@@ -17,6 +17,7 @@
 use crate::body::{self, ProxyBody};
 use crate::config::H2Limits;
 use crate::proxy::{OutboundTarget, Proxy};
+use crate::server::Connections;
 use crate::telemetry::Side;
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
@@ -24,7 +25,6 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -134,15 +134,15 @@ impl Transparent {
         mut shutdown: watch::Receiver<bool>,
         drain: Duration,
     ) {
-        let graceful = GracefulShutdown::new();
+        let conns = crate::server::Connections::default();
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
                         let _ = tcp.set_nodelay(true);
                         let this = self.clone();
-                        let watcher = graceful.watcher();
-                        tokio::spawn(async move { this.handle(side, tcp, peer, watcher).await });
+                        let conns = conns.clone();
+                        tokio::spawn(async move { this.handle(side, tcp, peer, &conns).await });
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
@@ -153,16 +153,18 @@ impl Transparent {
             }
         }
         drop(listener);
-        let _ = tokio::time::timeout(drain, graceful.shutdown()).await;
+        if tokio::time::timeout(drain, conns.drain()).await.is_err() {
+            tracing::warn!(?side, open = conns.open(), "drain timeout; closing remaining connections");
+        }
     }
 
-    async fn handle(self: Arc<Self>, side: Side, tcp: TcpStream, peer: SocketAddr, watcher: Watcher) {
+    async fn handle(self: Arc<Self>, side: Side, tcp: TcpStream, peer: SocketAddr, conns: &Connections) {
         let Some(dst) = original_dst(&tcp) else {
             // Not redirected: someone dialled the proxy's port itself (explicit mode).
             let proxy = self.proxy.clone();
             match side {
-                Side::Outbound => self.serve_h2(tcp, watcher, move |req| Box::pin(proxy.clone().outbound(req))),
-                Side::Inbound => self.serve_h2(tcp, watcher, move |req| Box::pin(proxy.clone().inbound(req))),
+                Side::Outbound => self.serve_h2(tcp, conns, move |req| Box::pin(proxy.clone().outbound(req))),
+                Side::Inbound => self.serve_h2(tcp, conns, move |req| Box::pin(proxy.clone().inbound(req))),
             }
             return;
         };
@@ -190,7 +192,7 @@ impl Transparent {
                     Some((d, _)) => OutboundTarget::Service(d),
                     None => OutboundTarget::Passthrough(dst),
                 };
-                self.serve_h2(tcp, watcher, move |req| Box::pin(proxy.clone().outbound_to(req, target.clone())));
+                self.serve_h2(tcp, conns, move |req| Box::pin(proxy.clone().outbound_to(req, target.clone())));
             }
             (Side::Outbound, Protocol::Http1) => {
                 let this = self.clone();
@@ -199,36 +201,27 @@ impl Transparent {
                     .header_read_timeout(Duration::from_secs(30))
                     .serve_connection(TokioIo::new(tcp), service_fn(move |req| this.clone().http1(req, dst)));
                 // Upgrades (WebSocket) are not proxied in this mode; list such ports as opaque.
-                let conn = watcher.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%dst, error = %e, "HTTP/1 connection ended with error");
-                    }
-                });
+                // HTTP/1 idle connections are hyper's keep-alive business, not the idle clock's.
+                let conns = conns.clone();
+                tokio::spawn(async move { conns.run(conn, None).await });
             }
             (Side::Outbound, Protocol::Opaque) => match self.tcp_target(dst).await {
                 Some(target) => splice(tcp, target).await,
                 None => tracing::debug!(%dst, "no endpoint for opaque connection; closed"),
             },
             (Side::Inbound, Protocol::Http2) => {
-                self.serve_h2(tcp, watcher, move |req| Box::pin(proxy.clone().forward_to(Side::Inbound, req, dst)));
+                self.serve_h2(tcp, conns, move |req| Box::pin(proxy.clone().forward_to(Side::Inbound, req, dst)));
             }
             (Side::Inbound, _) => splice(tcp, dst).await,
         }
     }
 
-    fn serve_h2<F, Fut>(&self, tcp: TcpStream, watcher: Watcher, handler: F)
+    fn serve_h2<F, Fut>(&self, tcp: TcpStream, conns: &Connections, handler: F)
     where
         F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
     {
-        let conn = crate::server::h2_builder(&self.limits).serve_connection(TokioIo::new(tcp), service_fn(handler));
-        let conn = watcher.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "HTTP/2 connection ended with error");
-            }
-        });
+        crate::server::spawn_h2_connection(&self.limits, conns, tcp, handler);
     }
 
     /// Where TCP-level traffic for `dst` goes: an endpoint of the Service owning the

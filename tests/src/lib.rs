@@ -112,6 +112,29 @@ pub fn free_addrs(n: usize) -> Result<Vec<SocketAddr>> {
     listeners.iter().map(|l| l.local_addr().context("local_addr")).collect()
 }
 
+/// Loopback ports that refuse connections for as long as this value lives: each is
+/// held by a bound socket that never listens (and without SO_REUSEADDR), so no other
+/// process can listen there meanwhile — unlike a port bound and released, which a
+/// concurrent test or demo may take and answer on.
+pub struct DeadPorts {
+    _held: Vec<tokio::net::TcpSocket>,
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl DeadPorts {
+    pub fn reserve(n: usize) -> Result<DeadPorts> {
+        let mut held = Vec::with_capacity(n);
+        let mut addrs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let socket = tokio::net::TcpSocket::new_v4().context("socket for a dead port")?;
+            socket.bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).context("binding a dead port")?;
+            addrs.push(socket.local_addr().context("local_addr")?);
+            held.push(socket);
+        }
+        Ok(DeadPorts { _held: held, addrs })
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The proxy process
 // ---------------------------------------------------------------------------

@@ -25,7 +25,8 @@ use strait_e2e::hostile::{
 };
 use strait_e2e::kube_mode::{CallEvent, NetBackend, TestNet, Traffic, deploy_dir, skip_unless_root};
 use strait_e2e::{
-    Mesh, NS, Probe, ProxyProcess, authority, endpoint_slice_yaml, free_addrs, probe, services_yaml, spawn_backend,
+    DeadPorts, Mesh, NS, Probe, ProxyProcess, authority, endpoint_slice_yaml, free_addrs, probe, services_yaml,
+    spawn_backend,
 };
 use strait_testenv::{TestEnv, TestEnvOptions};
 use tokio::net::TcpStream;
@@ -715,8 +716,9 @@ async fn retry_budget_bounds_connect_retries_to_dead_endpoints() -> Result<()> {
     let mesh = Mesh::new()?;
     mesh.write("services.yaml", &services_yaml(NS, &["budget-service"]))?;
     let healthy = spawn_backend("budget-healthy").await?;
-    // Ports nobody listens on: reserved, then released.
-    let mut addrs = free_addrs(DEAD)?;
+    // Ports nobody can listen on while the test runs.
+    let dead = DeadPorts::reserve(DEAD)?;
+    let mut addrs = dead.addrs.clone();
     addrs.push(healthy.addr());
     mesh.write("endpoints.yaml", &endpoint_slice_yaml(NS, "budget-service", "grpc", &addrs))?;
     let proxy = mesh.start_proxy(NS, &["--log-level", "info,strait_proxy::proxy=debug"]).await?;
