@@ -28,6 +28,15 @@ fn main() -> anyhow::Result<()> {
     } else {
         fmt.init();
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // One usable CPU (a sidecar's usual CPU limit, or a taskset): a current-thread
+    // runtime. The multi-thread scheduler with one worker still pays for work-stealing
+    // queues, cross-thread wake-ups and a separate thread driving `block_on`.
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mut builder = if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = builder.enable_all().build()?;
     runtime.block_on(strait_proxy::run(args))
 }
