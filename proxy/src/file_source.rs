@@ -208,7 +208,7 @@ mod tests {
         let mut src = FileSource::new(dir.path().into(), "app".into(), CompileOptions::default());
         assert!(src.rescan());
         src.publish(&shared);
-        assert!(shared.load().routing.services.keys().any(|k| k.name == "a"));
+        assert!(shared.load().routing.services.keys().any(|k| &*k.name == "a"));
         assert!(!src.rescan(), "no change, no rescan result");
 
         // Break the file: the Service stays, the error is published.
@@ -217,7 +217,7 @@ mod tests {
         assert!(src.rescan());
         src.publish(&shared);
         let g = shared.load();
-        assert!(g.routing.services.keys().any(|k| k.name == "a"), "last good state kept");
+        assert!(g.routing.services.keys().any(|k| &*k.name == "a"), "last good state kept");
         assert_eq!(g.source_errors.len(), 1);
 
         // Fix it: error cleared, new content applied.
@@ -225,8 +225,8 @@ mod tests {
         assert!(src.rescan());
         src.publish(&shared);
         let g = shared.load();
-        assert!(g.routing.services.keys().any(|k| k.name == "b"));
-        assert!(!g.routing.services.keys().any(|k| k.name == "a"));
+        assert!(g.routing.services.keys().any(|k| &*k.name == "b"));
+        assert!(!g.routing.services.keys().any(|k| &*k.name == "a"));
         assert!(g.source_errors.is_empty());
 
         // Remove it: its resources go away.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use strait_routing::{
-    Backend, BackendTarget, Destination, LookupError, RequestView, RoutingState, Rule, ServiceKey, parse_authority,
+    Backend, BackendTarget, LookupError, RequestView, RoutingState, Rule, ServiceKey, with_authority,
 };
 
 /// Attempts per request when connecting fails before the request was sent: a request
@@ -78,7 +78,7 @@ pub enum OutboundTarget {
     Authority,
     /// Transparent mode: the original destination was this Service's ClusterIP and port
     /// (GAMMA routes by ClusterIP, not Host).
-    Service(Destination),
+    Service { service: ServiceKey, port: u16 },
     /// Transparent mode: the original destination is no Service (a pod IP, an external
     /// address): forwarded untouched.
     Passthrough(SocketAddr),
@@ -94,25 +94,31 @@ impl Proxy {
         req: &RequestView<'_>,
         random: u64,
     ) -> Result<Routed, Refusal> {
-        let dest = match target {
-            OutboundTarget::Service(d) => d.clone(),
-            _ => {
-                let authority = authority.ok_or_else(|| {
-                    refuse(Code::Unavailable, "no_authority", "request has no :authority naming a Service")
-                })?;
-                parse_authority(authority, &self.namespace, &self.cluster_domain)
-                    .map_err(|e| refuse(Code::Unavailable, "bad_authority", e.to_string()))?
-            }
-        };
-        let port = state.lookup(&dest).map_err(|e| {
+        let lookup_error = |e: LookupError| {
             let reason = match e {
                 LookupError::UnknownService(_) => "unknown_service",
                 LookupError::UnknownPort { .. } => "unknown_port",
                 LookupError::AmbiguousPort(_) => "ambiguous_port",
             };
             refuse(Code::Unavailable, reason, e.to_string())
-        })?;
-        let parent = || format!("{}/{}:{}", dest.namespace, dest.name, port.port);
+        };
+        // Borrowed all the way: naming and finding the Service allocates nothing.
+        let port = match target {
+            OutboundTarget::Service { service, port } => {
+                state.lookup_parts(&service.namespace, &service.name, Some(*port)).map_err(lookup_error)?
+            }
+            _ => {
+                let authority = authority.ok_or_else(|| {
+                    refuse(Code::Unavailable, "no_authority", "request has no :authority naming a Service")
+                })?;
+                with_authority(authority, &self.namespace, &self.cluster_domain, |namespace, name, port| {
+                    state.lookup_parts(namespace, name, port)
+                })
+                .map_err(|e| refuse(Code::Unavailable, "bad_authority", e.to_string()))?
+                .map_err(lookup_error)?
+            }
+        };
+        let parent = || format!("{}:{}", port.service, port.port);
         let table = port.table_for(&self.namespace);
         let entry = table.route(req).ok_or_else(|| {
             refuse(Code::Unimplemented, "no_route", format!("no GRPCRoute rule for {} matches {}", parent(), req.path))
@@ -125,8 +131,7 @@ impl Proxy {
                 format!("rule {} of {} has no backend with weight", describe_rule(&rule), parent()),
             )
         })?;
-        let parent_port = port.port;
-        Ok(Routed { rule, backend, parent_key: ServiceKey::new(dest.namespace, dest.name), parent_port })
+        Ok(Routed { rule, backend, parent_key: port.service.clone(), parent_port: port.port })
     }
 
     /// Explicit outbound: the destination Service is named by `:authority`.
@@ -147,7 +152,13 @@ impl Proxy {
         let authority = request_authority(&req);
         let route_now = |generation: &crate::state::Generation| {
             let view = RequestView { path: req.uri().path(), headers: req.headers() };
-            self.route(&generation.routing, &target, authority.as_deref(), &view, fastrand::u64(..))
+            self.route(
+                &generation.routing,
+                &target,
+                authority.as_ref().map(RequestAuthority::as_str),
+                &view,
+                fastrand::u64(..),
+            )
         };
         let mut routed = route_now(&self.shared.load());
         if let (Some(kube), Ok(r)) = (&self.demand, &routed) {
@@ -184,7 +195,7 @@ impl Proxy {
                 ));
             }
         };
-        if let Err(uri_err) = absolute_uri(&mut parts.uri, authority.as_deref()) {
+        if let Err(uri_err) = absolute_uri(&mut parts.uri, authority.as_ref().map(RequestAuthority::as_str)) {
             return Ok(self.refused(Side::Outbound, is_grpc, call, refuse(Code::Internal, "bad_uri", uri_err)));
         }
         let request_messages = Arc::new(AtomicU32::new(0));
@@ -237,7 +248,9 @@ impl Proxy {
         let authority = request_authority(&req);
         let (mut parts, incoming) = req.into_parts();
         let fallback_authority = addr.to_string();
-        if let Err(e) = absolute_uri(&mut parts.uri, authority.as_deref().or(Some(&fallback_authority))) {
+        if let Err(e) =
+            absolute_uri(&mut parts.uri, authority.as_ref().map(RequestAuthority::as_str).or(Some(&fallback_authority)))
+        {
             return Ok(self.refused(side, is_grpc, call, refuse(Code::Internal, "bad_uri", e)));
         }
         let deadline = parts.headers.get("grpc-timeout").and_then(grpc::parse_timeout);
@@ -272,11 +285,12 @@ impl Proxy {
         let started = Instant::now();
         self.retry_budget.deposit(started);
         let mut exclude = None;
-        let mut last_error = String::from("no endpoints");
+        // Built only on failure: the success path allocates no message.
+        let mut last_error: std::borrow::Cow<'static, str> = "no endpoints".into();
         for attempt in 0..MAX_CONNECT_ATTEMPTS {
             if attempt > 0 && !self.retry_budget.try_withdraw(Instant::now()) {
                 telemetry::proxy_error(side, "retry_budget_exhausted");
-                last_error = format!("{last_error} (retry budget exhausted)");
+                last_error = format!("{last_error} (retry budget exhausted)").into();
                 break;
             }
             // A retry goes to an endpoint known to work when there is one.
@@ -293,7 +307,7 @@ impl Proxy {
                 Err(e) => {
                     tracing::debug!(endpoint = %upstream.addr, error = %e, "connect failed; endpoint backed off");
                     self.pool.mark_failed(&upstream);
-                    last_error = e.to_string();
+                    last_error = e.to_string().into();
                     exclude = Some(upstream.addr);
                     continue;
                 }
@@ -323,7 +337,7 @@ impl Proxy {
                     Some(unsent) => {
                         // The connection died before our request was written.
                         self.pool.mark_failed(&upstream);
-                        last_error = format!("{}: {}", upstream.addr, e.error());
+                        last_error = format!("{}: {}", upstream.addr, e.error()).into();
                         exclude = Some(upstream.addr);
                         req = unsent;
                     }
@@ -414,11 +428,26 @@ async fn send_mirror(pool: Arc<Pool>, upstream: Arc<Upstream>, req: Request<Prox
     }
 }
 
-fn request_authority<B>(req: &Request<B>) -> Option<String> {
-    req.uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+/// A request's authority: the URI's (a shared-buffer clone), else the Host header's.
+enum RequestAuthority {
+    Uri(http::uri::Authority),
+    Host(String),
+}
+
+impl RequestAuthority {
+    fn as_str(&self) -> &str {
+        match self {
+            RequestAuthority::Uri(a) => a.as_str(),
+            RequestAuthority::Host(h) => h,
+        }
+    }
+}
+
+fn request_authority<B>(req: &Request<B>) -> Option<RequestAuthority> {
+    req.uri().authority().cloned().map(RequestAuthority::Uri).or_else(|| {
+        let host = req.headers().get(http::header::HOST)?.to_str().ok()?;
+        Some(RequestAuthority::Host(host.to_owned()))
+    })
 }
 
 /// The HTTP/2 client needs scheme and authority on the URI.

@@ -189,7 +189,7 @@ impl Transparent {
         match (side, protocol) {
             (Side::Outbound, Protocol::Http2) => {
                 let target = match self.proxy.shared.load().routing.destination_of(dst.ip(), dst.port()) {
-                    Some((d, _)) => OutboundTarget::Service(d),
+                    Some(port) => OutboundTarget::Service { service: port.service.clone(), port: port.port },
                     None => OutboundTarget::Passthrough(dst),
                 };
                 self.serve_h2(tcp, conns, move |req| Box::pin(proxy.clone().outbound_to(req, target.clone())));
@@ -231,7 +231,7 @@ impl Transparent {
             let g = self.proxy.shared.load();
             match g.routing.destination_of(dst.ip(), dst.port()) {
                 None => return Some(dst),
-                Some((d, _)) => strait_routing::ServiceKey::new(d.namespace, d.name),
+                Some(port) => port.service.clone(),
             }
         };
         if let Some(kube) = &self.proxy.demand
@@ -240,7 +240,7 @@ impl Transparent {
             kube.demand(std::slice::from_ref(&key), &self.proxy.shared).await;
         }
         let g = self.proxy.shared.load();
-        let (_, port) = g.routing.destination_of(dst.ip(), dst.port())?;
+        let port = g.routing.destination_of(dst.ip(), dst.port())?;
         self.proxy.pool.pick(&port.endpoints, None).map(|u| u.addr)
     }
 

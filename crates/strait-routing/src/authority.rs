@@ -28,6 +28,21 @@ pub fn parse_authority(
     own_namespace: &str,
     cluster_domain: &str,
 ) -> Result<Destination, AuthorityError> {
+    with_authority(authority, own_namespace, cluster_domain, |namespace, name, port| Destination {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        port,
+    })
+}
+
+/// [`parse_authority`] handing borrowed `(namespace, name, port)` to `use_parts`: the
+/// request path's form, which allocates only for an authority with upper-case letters.
+pub fn with_authority<R>(
+    authority: &str,
+    own_namespace: &str,
+    cluster_domain: &str,
+    use_parts: impl FnOnce(&str, &str, Option<u16>) -> R,
+) -> Result<R, AuthorityError> {
     if authority.is_empty() {
         return Err(AuthorityError::Empty);
     }
@@ -42,21 +57,29 @@ pub fn parse_authority(
         }
         None => (authority, None),
     };
-    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let lowered;
+    let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        lowered = host.to_ascii_lowercase();
+        lowered.as_str()
+    } else {
+        host
+    };
     let not_a_service = || AuthorityError::NotAService(authority.to_owned());
-    let labels: Vec<&str> = host.split('.').collect();
-    if labels.iter().any(|l| !is_dns_label(l)) {
+    if !host.split('.').all(is_dns_label) {
         return Err(not_a_service());
     }
-    let domain: Vec<&str> = cluster_domain.trim_matches('.').split('.').collect();
-    let (name, namespace) = match labels.as_slice() {
-        [name] => (*name, own_namespace),
-        [name, ns] => (*name, *ns),
-        [name, ns, "svc"] => (*name, *ns),
-        [name, ns, "svc", rest @ ..] if rest == domain.as_slice() => (*name, *ns),
+    let domain = cluster_domain.trim_matches('.');
+    let mut labels = host.splitn(4, '.');
+    let name = labels.next().unwrap_or_default();
+    let (namespace, svc, rest) = (labels.next(), labels.next(), labels.next());
+    let namespace = match (namespace, svc, rest) {
+        (None, _, _) => own_namespace,
+        (Some(ns), None, _) | (Some(ns), Some("svc"), None) => ns,
+        (Some(ns), Some("svc"), Some(rest)) if rest == domain => ns,
         _ => return Err(not_a_service()),
     };
-    Ok(Destination { namespace: namespace.to_owned(), name: name.to_owned(), port })
+    Ok(use_parts(namespace, name, port))
 }
 
 fn is_dns_label(label: &str) -> bool {

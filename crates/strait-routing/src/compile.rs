@@ -98,7 +98,7 @@ pub fn compile(snap: &Snapshot<'_>, opts: &CompileOptions) -> RoutingState {
     let mut routes: BTreeMap<RouteRef, &GrpcRoute> = BTreeMap::new();
     for route in &snap.grpc_routes {
         if let Some(k) = meta_key(&route.metadata) {
-            routes.insert(RouteRef { namespace: k.namespace, name: k.name }, route);
+            routes.insert(RouteRef { namespace: k.namespace.to_string(), name: k.name.to_string() }, route);
         }
     }
 
@@ -168,7 +168,7 @@ pub fn compile(snap: &Snapshot<'_>, opts: &CompileOptions) -> RoutingState {
         for strait_api::MeshServicePort { name: port_name, port } in svc.ports.iter().cloned() {
             let bound = bindings.get(&(key.clone(), port)).map(Vec::as_slice).unwrap_or(&[]);
             let (producers, consumers): (Vec<usize>, Vec<usize>) =
-                bound.iter().partition(|i| compiled[**i].key.namespace == key.namespace);
+                bound.iter().partition(|i| *compiled[**i].key.namespace == *key.namespace);
             let endpoints = ctx.endpoints(&key, port_name.as_deref(), port);
             let producer =
                 (!producers.is_empty()).then(|| Arc::new(build_table(TableOrigin::Producer, &producers, &compiled)));
@@ -503,7 +503,7 @@ fn resolve_backend(
 
 fn granted(grants: &[&ReferenceGrant], route: &RouteRef, to: &ServiceKey) -> bool {
     grants.iter().any(|g| {
-        g.metadata.namespace.as_deref() == Some(to.namespace.as_str())
+        g.metadata.namespace.as_deref() == Some(&*to.namespace)
             && g.spec
                 .from
                 .iter()
@@ -511,7 +511,7 @@ fn granted(grants: &[&ReferenceGrant], route: &RouteRef, to: &ServiceKey) -> boo
             && g.spec.to.iter().any(|t| {
                 t.group.is_empty()
                     && t.kind == "Service"
-                    && t.name.as_ref().is_none_or(|n| n.is_empty() || *n == to.name)
+                    && t.name.as_ref().is_none_or(|n| n.is_empty() || **n == *to.name)
             })
     })
 }

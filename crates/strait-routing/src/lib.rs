@@ -19,7 +19,7 @@ mod matching;
 mod model;
 mod status;
 
-pub use authority::{AuthorityError, Destination, parse_authority};
+pub use authority::{AuthorityError, Destination, parse_authority, with_authority};
 pub use compile::{CompileOptions, Snapshot, compile};
 pub use filters::{HeaderModifierFilter, MirrorFilter};
 pub use matching::{HeaderMatcher, MethodMatcher, RequestMatcher, RequestView};

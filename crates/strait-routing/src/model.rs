@@ -9,15 +9,63 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 
 /// `namespace/name` of a Service; serialised as that string (it keys JSON maps).
+/// Shared strings: a key is stored with its Service, its ClusterIPs, each of its ports
+/// and every request routed to it, and clones are reference-count bumps.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceKey {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 impl ServiceKey {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        ServiceKey { namespace: namespace.into(), name: name.into() }
+    pub fn new(namespace: impl AsRef<str>, name: impl AsRef<str>) -> Self {
+        ServiceKey { namespace: Arc::from(namespace.as_ref()), name: Arc::from(name.as_ref()) }
+    }
+}
+
+/// `(namespace, name)` of a Service, owned or borrowed: lets the Service map be
+/// searched with borrowed strings from a request, without building a key.
+pub trait ServiceKeyParts {
+    fn parts(&self) -> (&str, &str);
+}
+
+impl ServiceKeyParts for ServiceKey {
+    fn parts(&self) -> (&str, &str) {
+        (&self.namespace, &self.name)
+    }
+}
+
+impl ServiceKeyParts for (&str, &str) {
+    fn parts(&self) -> (&str, &str) {
+        (self.0, self.1)
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn ServiceKeyParts + 'a> for ServiceKey {
+    fn borrow(&self) -> &(dyn ServiceKeyParts + 'a) {
+        self
+    }
+}
+
+// Ordered exactly as the derived `Ord` of `ServiceKey` (namespace, then name), as
+// `Borrow` requires.
+impl PartialEq for dyn ServiceKeyParts + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn ServiceKeyParts + '_ {}
+
+impl PartialOrd for dyn ServiceKeyParts + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for dyn ServiceKeyParts + '_ {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.parts().cmp(&other.parts())
     }
 }
 
@@ -73,13 +121,22 @@ impl RoutingState {
 
     /// The port routes a request to `dest` uses.
     pub fn lookup(&self, dest: &Destination) -> Result<&PortRoutes, LookupError> {
-        let key = ServiceKey::new(&dest.namespace, &dest.name);
-        let svc = self.services.get(&key).ok_or_else(|| LookupError::UnknownService(key.clone()))?;
-        match dest.port {
-            Some(port) => svc.port(port).ok_or(LookupError::UnknownPort { service: key, port }),
+        self.lookup_parts(&dest.namespace, &dest.name, dest.port)
+    }
+
+    /// [`RoutingState::lookup`] from borrowed parts: the request path's form, which
+    /// allocates nothing unless the lookup fails.
+    pub fn lookup_parts(&self, namespace: &str, name: &str, port: Option<u16>) -> Result<&PortRoutes, LookupError> {
+        let parts: &dyn ServiceKeyParts = &(namespace, name);
+        let svc =
+            self.services.get(parts).ok_or_else(|| LookupError::UnknownService(ServiceKey::new(namespace, name)))?;
+        match port {
+            Some(port) => svc
+                .port(port)
+                .ok_or_else(|| LookupError::UnknownPort { service: ServiceKey::new(namespace, name), port }),
             None => match svc.ports.as_slice() {
                 [only] => Ok(only),
-                _ => Err(LookupError::AmbiguousPort(key)),
+                _ => Err(LookupError::AmbiguousPort(ServiceKey::new(namespace, name))),
             },
         }
     }
@@ -89,11 +146,10 @@ impl RoutingState {
         self.by_cluster_ip.get(&ip).and_then(|k| self.services.get(k))
     }
 
-    /// The Service and port a transparent connection to `ip:port` is for.
-    pub fn destination_of(&self, ip: IpAddr, port: u16) -> Option<(Destination, &PortRoutes)> {
+    /// The Service port a transparent connection to `ip:port` is for.
+    pub fn destination_of(&self, ip: IpAddr, port: u16) -> Option<&PortRoutes> {
         let key = self.by_cluster_ip.get(&ip)?;
-        let port_routes = self.services.get(key)?.port(port)?;
-        Some((Destination { namespace: key.namespace.clone(), name: key.name.clone(), port: Some(port) }, port_routes))
+        self.services.get(key)?.port(port)
     }
 }
 

@@ -178,7 +178,7 @@ spec:
     let mut counts: BTreeMap<String, u32> = BTreeMap::new();
     for r in 0..1000u64 {
         let b = e.rule.pick_backend(r).expect("has weight");
-        *counts.entry(b.service.name.clone()).or_default() += 1;
+        *counts.entry(b.service.name.to_string()).or_default() += 1;
     }
     assert_eq!(counts.get("grpc-infra-backend-v1"), Some(&700));
     assert_eq!(counts.get("grpc-infra-backend-v2"), Some(&300));
@@ -430,7 +430,7 @@ fn missing_and_invalid_backends() {
     let port = s.lookup(&parse_authority("user-service:50051", APP, "cluster.local").expect("a")).expect("p");
     let h = HeaderMap::new();
     let rule = &port.producer().route(&RequestView { path: "/a/b", headers: &h }).expect("rule").rule;
-    assert!((0..100).all(|r| rule.pick_backend(r).is_some_and(|b| b.service.name == "reader")));
+    assert!((0..100).all(|r| rule.pick_backend(r).is_some_and(|b| &*b.service.name == "reader")));
 }
 
 #[test]
@@ -489,7 +489,7 @@ fn filters_compile_at_rule_and_backend_level() {
     assert!(rule.response_header_modifier.is_some());
     assert_eq!(rule.mirrors.len(), 1);
     assert_eq!(rule.mirrors[0].parts_per_million, 250_000);
-    assert_eq!(rule.mirrors[0].backend.service.name, "payment");
+    assert_eq!(&*rule.mirrors[0].backend.service.name, "payment");
     assert!(rule.backends[0].request_header_modifier.is_some());
     // Mirror to a missing Service reports ResolvedRefs=False.
     let broken = rules.replace("name: payment", "name: nothing");
@@ -638,4 +638,26 @@ fn service_default_table_is_built_on_first_use_and_shown_in_dumps() {
     let two = state_of(&(bare("a") + &bare("b")));
     let ep = |name: &str| two.service(&ServiceKey::new(APP, name)).expect("svc").ports[0].endpoints.clone();
     assert!(std::sync::Arc::ptr_eq(&ep("a"), &ep("b")) && ep("a").endpoints.is_empty());
+}
+
+#[test]
+fn services_are_found_by_borrowed_parts_in_key_order() {
+    // Names chosen so (namespace, name) order differs from "namespace/name" string order.
+    let mut map = std::collections::BTreeMap::new();
+    let keys = [("a", "z"), ("a-b", "c"), ("a", "a-b"), ("ab", ""), ("", "x"), ("b", "a")];
+    for (i, (ns, name)) in keys.iter().enumerate() {
+        map.insert(ServiceKey::new(ns, name), i);
+    }
+    for (i, (ns, name)) in keys.iter().enumerate() {
+        let parts: &dyn ServiceKeyParts = &(*ns, *name);
+        assert_eq!(map.get(parts), Some(&i), "{ns}/{name}");
+    }
+    let missing: &dyn ServiceKeyParts = &("a", "b");
+    assert_eq!(map.get(missing), None);
+    let s = state_of(&services(APP, &["svc:80"]));
+    assert!(s.lookup_parts(APP, "svc", Some(80)).is_ok());
+    assert_eq!(
+        s.lookup_parts(APP, "svc", Some(81)).err(),
+        Some(LookupError::UnknownPort { service: ServiceKey::new(APP, "svc"), port: 81 })
+    );
 }
