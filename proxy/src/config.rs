@@ -151,6 +151,10 @@ pub struct H2Limits {
     /// alone keeps any peer that answers PINGs forever. `0` disables.
     #[arg(long, env = "STRAIT_H2_IDLE_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
     pub idle_timeout: Duration,
+    /// PINGs or SETTINGS a peer may send per second before GOAWAY ENHANCE_YOUR_CALM
+    /// (PINGs count only while the proxy sends it no HEADERS or DATA).
+    #[arg(long, env = "STRAIT_H2_MAX_CONTROL_FRAMES_PER_SECOND", default_value_t = 1000)]
+    pub max_control_frames_per_second: u32,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -204,6 +208,9 @@ impl Args {
         }
         if self.h2.max_concurrent_streams == 0 {
             return Err(ConfigError::Zero("max-concurrent-streams"));
+        }
+        if self.h2.max_control_frames_per_second == 0 {
+            return Err(ConfigError::Zero("max-control-frames-per-second"));
         }
         let windows = [
             ("initial-stream-window-size", self.h2.initial_stream_window_size),

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod body;
 pub mod config;
 pub mod file_source;
+pub mod flood_guard;
 pub mod grpc;
 pub mod heap;
 pub mod kube_source;

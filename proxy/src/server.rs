@@ -211,7 +211,8 @@ where
         }
         handler(req)
     });
-    let conn = h2_builder(limits).serve_connection(TokioIo::new(tcp), service);
+    let io = crate::flood_guard::FloodGuard::new(tcp, limits.max_control_frames_per_second);
+    let conn = h2_builder(limits).serve_connection(TokioIo::new(io), service);
     let conns = conns.clone();
     tokio::spawn(async move { conns.run(conn, idle).await });
 }

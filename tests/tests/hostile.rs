@@ -312,7 +312,25 @@ async fn settings_and_ping_floods() -> Result<()> {
         ));
         answers.push(format!("{label} flood of {n}: {acks} ACKs; {}", answer(&seen)));
         total += n;
+        // --max-control-frames-per-second (1000): GOAWAY ENHANCE_YOUR_CALM, then close.
+        ensure!(
+            seen.goaway.as_ref().is_some_and(|g| g.1 == 0xb),
+            "{label} flood not answered with GOAWAY ENHANCE_YOUR_CALM: {}",
+            answer(&seen)
+        );
+        ensure!(seen.closed, "{label} flood: connection still open: {}", answer(&seen));
+        ensure!(acks <= 1_100, "{label} flood: {acks} ACKs written before the GOAWAY");
     }
+    // Pinging at a modest rate is fine: 300 PINGs over 1.5 s stay below the limit.
+    let mut calm = RawH2::connect(t.outbound(), &[], true).await?;
+    calm.handshake().await?;
+    for i in 0..30u64 {
+        let burst: Vec<u8> = (0..10).flat_map(|j| ping(i * 10 + j)).collect();
+        calm.send(&burst).await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen = calm.wait_for(Duration::from_millis(500), |s| s.ping_acks >= 300).await;
+    ensure!(seen.goaway.is_none() && !seen.closed, "calm pinger refused: {}", answer(&seen));
     t.finish("hostile_settings_ping_floods", total, 0, &answers.join(" | ")).await
 }
 
