@@ -118,7 +118,7 @@ impl Connections {
                     shutting_down = true;
                 }
                 _ = &mut idle_deadline, if !shutting_down => {
-                    tracing::debug!(idle = ?idle.as_ref().map(|c| c.timeout), "connection idle; closing");
+                    tracing::debug!(idle = ?idle.as_ref().map(IdleClock::timeout), "connection idle; closing");
                     metrics::counter!("strait_idle_connections_closed_total").increment(1);
                     conn.as_mut().start_graceful_shutdown();
                     shutting_down = true;
@@ -160,40 +160,104 @@ where
     }
 }
 
-/// When a connection last started a request.
+/// Whether a connection is idle: no stream open, and none started or finished for
+/// `timeout`.
 #[derive(Clone)]
 pub struct IdleClock {
+    state: Arc<IdleState>,
+}
+
+struct IdleState {
     opened: Instant,
-    /// Milliseconds after `opened` of the last request start.
-    last_request_ms: Arc<AtomicU64>,
+    /// Milliseconds after `opened` of the last stream start or end.
+    last_activity_ms: AtomicU64,
+    in_flight: AtomicUsize,
     timeout: Duration,
+}
+
+/// Held by a stream's response body: the connection is not idle while it exists.
+pub struct StreamInFlight {
+    state: Arc<IdleState>,
+}
+
+impl IdleState {
+    fn touch(&self) {
+        self.last_activity_ms.store(self.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl Drop for StreamInFlight {
+    fn drop(&mut self) {
+        self.state.touch();
+        self.state.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl IdleClock {
     /// `None` when idle closing is off (`--idle-timeout 0`).
     pub fn new(timeout: Duration) -> Option<IdleClock> {
         (!timeout.is_zero()).then(|| IdleClock {
-            opened: Instant::now(),
-            last_request_ms: Arc::new(AtomicU64::new(0)),
-            timeout,
+            state: Arc::new(IdleState {
+                opened: Instant::now(),
+                last_activity_ms: AtomicU64::new(0),
+                in_flight: AtomicUsize::new(0),
+                timeout,
+            }),
         })
     }
 
-    pub fn request_started(&self) {
-        self.last_request_ms.store(self.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+    pub fn stream_started(&self) -> StreamInFlight {
+        self.state.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.state.touch();
+        StreamInFlight { state: self.state.clone() }
     }
 
-    /// Resolves once no request has started for `timeout`. Sleeps until the earliest
-    /// possible expiry instead of ticking: one timer wake per idle period.
+    fn timeout(&self) -> Duration {
+        self.state.timeout
+    }
+
+    /// Resolves once the connection has been idle for `timeout`. Sleeps until the
+    /// earliest possible expiry instead of ticking: about one timer wake per period.
     async fn expired(&self) {
+        let s = &self.state;
         loop {
-            let last = self.opened + Duration::from_millis(self.last_request_ms.load(Ordering::Relaxed));
-            let deadline = last + self.timeout;
+            if s.in_flight.load(Ordering::Acquire) > 0 {
+                tokio::time::sleep(s.timeout).await;
+                continue;
+            }
+            let deadline = s.opened + Duration::from_millis(s.last_activity_ms.load(Ordering::Relaxed)) + s.timeout;
             if Instant::now() >= deadline {
                 return;
             }
             tokio::time::sleep_until(deadline).await;
         }
+    }
+}
+
+/// A response body that keeps its stream counted as in flight until it ends or is
+/// dropped (a field next to the body: no allocation per request).
+pub struct InFlightBody<B> {
+    body: B,
+    _in_flight: Option<StreamInFlight>,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for InFlightBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -206,10 +270,12 @@ where
     let idle = IdleClock::new(limits.idle_timeout);
     let clock = idle.clone();
     let service = service_fn(move |req| {
-        if let Some(c) = &clock {
-            c.request_started();
+        let in_flight = clock.as_ref().map(IdleClock::stream_started);
+        let response = handler(req);
+        async move {
+            let response = response.await?;
+            Ok::<_, std::convert::Infallible>(response.map(|body| InFlightBody { body, _in_flight: in_flight }))
         }
-        handler(req)
     });
     let io = crate::flood_guard::FloodGuard::new(tcp, limits.max_control_frames_per_second);
     let conn = h2_builder(limits).serve_connection(TokioIo::new(io), service);
@@ -268,11 +334,25 @@ mod tests {
         let clock = IdleClock::new(timeout).expect("enabled");
         assert!(IdleClock::new(Duration::ZERO).is_none(), "0 disables");
         tokio::time::sleep(Duration::from_millis(120)).await;
-        clock.request_started();
+        drop(clock.stream_started());
         let started = Instant::now();
         clock.expired().await;
-        // Expiry counts from the request at 120 ms, not from the connection's opening.
+        // Expiry counts from the stream at 120 ms, not from the connection's opening.
         assert!(started.elapsed() >= timeout - Duration::from_millis(2), "{:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_long_stream_keeps_its_connection() {
+        let timeout = Duration::from_millis(100);
+        let clock = IdleClock::new(timeout).expect("enabled");
+        let stream = clock.stream_started();
+        // Three idle periods with the stream open: not idle.
+        let early = tokio::time::timeout(timeout * 3, clock.expired()).await;
+        assert!(early.is_err(), "expired while a stream was open");
+        let ended = Instant::now();
+        drop(stream);
+        tokio::time::timeout(timeout * 4, clock.expired()).await.expect("idle after the stream ended");
+        assert!(ended.elapsed() >= timeout - Duration::from_millis(2), "{:?}", ended.elapsed());
     }
 
     #[tokio::test]

@@ -430,6 +430,11 @@ pub fn grpc_request_block(authority: &str, path: &str, extra: &[(&str, &str)]) -
 
 /// A length-prefixed gRPC message holding a `strait.demo.v1.Probe`.
 pub fn grpc_probe_message(payload: &[u8], stream_count: u32) -> Vec<u8> {
+    grpc_probe_message_with_delay(payload, stream_count, 0)
+}
+
+/// [`grpc_probe_message`] asking the backend to wait `delay_ms` before each answer.
+pub fn grpc_probe_message_with_delay(payload: &[u8], stream_count: u32, delay_ms: u32) -> Vec<u8> {
     let mut msg = Vec::new();
     if !payload.is_empty() {
         msg.push(0x0a);
@@ -444,6 +449,15 @@ pub fn grpc_probe_message(payload: &[u8], stream_count: u32) -> Vec<u8> {
     if stream_count > 0 {
         msg.push(0x10);
         let mut v = stream_count;
+        while v >= 0x80 {
+            msg.push((v as u8 & 0x7f) | 0x80);
+            v >>= 7;
+        }
+        msg.push(v as u8);
+    }
+    if delay_ms > 0 {
+        msg.push(0x18);
+        let mut v = delay_ms;
         while v >= 0x80 {
             msg.push((v as u8 & 0x7f) | 0x80);
             v >>= 7;

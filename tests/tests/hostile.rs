@@ -376,6 +376,13 @@ async fn slowloris() -> Result<()> {
     // Keep-alive and the idle timeout shortened so their effect is visible within the test.
     let t =
         Target::start(&["--keep-alive-interval", "1s", "--keep-alive-timeout", "1s", "--idle-timeout", "2s"]).await?;
+    // A stream outliving the idle timeout: its connection must stay (no GOAWAY).
+    let mut long = RawH2::connect(t.outbound(), &[], true).await?;
+    long.handshake().await?;
+    let long_block = grpc_request_block(&auth(), SERVER_STREAM, &[]);
+    let mut req = headers_frame(1, &long_block, false);
+    req.extend(frame(kind::DATA, flag::END_STREAM, 1, &hostile::grpc_probe_message_with_delay(b"long", 12, 500)));
+    long.send(&req).await?;
     let block = grpc_request_block(&auth(), UNARY, &[]);
     let mut groups: Vec<(&str, Vec<RawH2>)> = Vec::new();
     // (a) preface + SETTINGS only, PINGs answered; (b) the same, PINGs unanswered;
@@ -414,6 +421,11 @@ async fn slowloris() -> Result<()> {
         let closed = conns.iter().filter(|c| c.seen().closed).count();
         ensure!(closed == EACH, "{label}: only {closed}/{EACH} closed within {OBSERVE:?}");
     }
+    // 12 answers 500 ms apart: the stream is still open after the 5 s observation.
+    let long_seen = long.seen();
+    note(&format!("slowloris: a 6 s server stream on its own connection meanwhile: {}", answer(&long_seen)));
+    ensure!(long_seen.goaway.is_none() && !long_seen.closed, "open stream's connection closed as idle");
+    ensure!(long_seen.data_bytes > 0, "the long stream got no answers");
     let (_, answering) = &groups[0];
     let told = answering.iter().filter(|c| c.seen().goaway.is_some()).count();
     ensure!(told == EACH, "idle peers closed without GOAWAY: {}/{EACH} got one", told);
