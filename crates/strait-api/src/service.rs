@@ -35,8 +35,10 @@ impl MeshService {
         if raw.is_empty() {
             raw.extend(spec.and_then(|s| s.cluster_ip.as_ref()));
         }
-        let cluster_ips = raw.iter().filter_map(|s| s.parse().ok()).collect();
-        let ports = spec
+        // Collected filters start at capacity 4; every Service is kept, so shrink.
+        let mut cluster_ips: Vec<IpAddr> = raw.iter().filter_map(|s| s.parse().ok()).collect();
+        cluster_ips.shrink_to_fit();
+        let mut ports: Vec<MeshServicePort> = spec
             .and_then(|s| s.ports.as_ref())
             .into_iter()
             .flatten()
@@ -49,6 +51,7 @@ impl MeshService {
                 })
             })
             .collect();
+        ports.shrink_to_fit();
         Some(MeshService { namespace, name, cluster_ips, ports })
     }
 
