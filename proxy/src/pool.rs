@@ -261,12 +261,15 @@ impl Pool {
         u.sender.store(None);
     }
 
+    /// The endpoint's HTTP/2 connection if it is up (every request but the first).
+    pub fn ready_sender(&self, u: &Upstream) -> Option<SendRequest<ProxyBody>> {
+        u.sender.load_full().filter(|s| !s.is_closed()).map(|s| (*s).clone())
+    }
+
     /// The endpoint's HTTP/2 connection, established on first use.
     pub async fn sender(&self, u: &Upstream) -> Result<SendRequest<ProxyBody>, ConnectError> {
-        if let Some(s) = u.sender.load_full()
-            && !s.is_closed()
-        {
-            return Ok((*s).clone());
+        if let Some(s) = self.ready_sender(u) {
+            return Ok(s);
         }
         let _connecting = u.connecting.lock().await;
         if let Some(s) = u.sender.load_full()

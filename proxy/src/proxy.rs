@@ -134,9 +134,14 @@ impl Proxy {
         Ok(Routed { rule, backend, parent_key: port.service.clone(), parent_port: port.port })
     }
 
-    /// Explicit outbound: the destination Service is named by `:authority`.
-    pub async fn outbound(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
-        self.outbound_to(req, OutboundTarget::Authority).await
+    /// Explicit outbound: the destination Service is named by `:authority`. Not an
+    /// `async fn` wrapping `outbound_to`: that would add a second copy of the request to
+    /// every call's future.
+    pub fn outbound(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send {
+        self.outbound_to(req, OutboundTarget::Authority)
     }
 
     pub async fn outbound_to(
@@ -145,7 +150,8 @@ impl Proxy {
         target: OutboundTarget,
     ) -> Result<Response<ProxyBody>, Infallible> {
         if let OutboundTarget::Passthrough(addr) = target {
-            return self.forward_to(Side::Outbound, req, addr).await;
+            // Boxed: passthrough is the rare path, and its future would double this one's size.
+            return Box::pin(self.forward_to(Side::Outbound, req, addr)).await;
         }
         let is_grpc = grpc::is_grpc(req.headers());
         let mut call = CallMetrics::start(Side::Outbound, self.methods.get(req.uri().path()));
@@ -166,7 +172,7 @@ impl Proxy {
             // for the list, then route on the state that includes them.
             let keys = r.services();
             if !kube.endpoints_ready(&keys.iter().collect::<Vec<_>>()) {
-                kube.demand(&keys, &self.shared).await;
+                Box::pin(kube.demand(&keys, &self.shared)).await;
                 routed = route_now(&self.shared.load());
             }
         }
@@ -213,14 +219,13 @@ impl Proxy {
         }
         let deadline = parts.headers.get("grpc-timeout").and_then(grpc::parse_timeout);
         let req = Request::from_parts(parts, body::boxed(body));
-        let response_filters = (routed.rule.response_header_modifier.clone(), backend.response_header_modifier.clone());
         let forwarded = self.forward(Side::Outbound, req, &endpoints, deadline, is_grpc).await;
         match forwarded {
             Ok((mut resp, guard)) => {
-                if let Some(f) = &response_filters.0 {
+                if let Some(f) = &routed.rule.response_header_modifier {
                     f.apply(resp.headers_mut());
                 }
-                if let Some(f) = &response_filters.1 {
+                if let Some(f) = &routed.backend().response_header_modifier {
                     f.apply(resp.headers_mut());
                 }
                 Ok(observe(resp, call, request_messages, guard))
@@ -302,7 +307,16 @@ impl Proxy {
                 break;
             };
             let guard = self.pool.start_request(&upstream);
-            let mut sender = match self.pool.sender(&upstream).await {
+            // Connecting is rare and its future is large (TCP connect + HTTP/2
+            // handshake): boxed on that path only, so every request's future stays small
+            // (a per-request future over glibc's 1 KiB thread-cache limit took the slow
+            // malloc path, with fastbin consolidation, on every call).
+            let ready = self.pool.ready_sender(&upstream);
+            let connected = match ready {
+                Some(s) => Ok(s),
+                None => Box::pin(self.pool.sender(&upstream)).await,
+            };
+            let mut sender = match connected {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::debug!(endpoint = %upstream.addr, error = %e, "connect failed; endpoint backed off");
