@@ -433,36 +433,29 @@ pub fn grpc_probe_message(payload: &[u8], stream_count: u32) -> Vec<u8> {
     grpc_probe_message_with_delay(payload, stream_count, 0)
 }
 
+/// Protobuf base-128 varint.
+fn push_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8 & 0x7f) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
 /// [`grpc_probe_message`] asking the backend to wait `delay_ms` before each answer.
 pub fn grpc_probe_message_with_delay(payload: &[u8], stream_count: u32, delay_ms: u32) -> Vec<u8> {
+    // Probe fields: 1 payload (bytes), 2 stream_count, 3 delay_ms (varints).
     let mut msg = Vec::new();
     if !payload.is_empty() {
         msg.push(0x0a);
-        let mut len = payload.len();
-        while len >= 0x80 {
-            msg.push((len as u8 & 0x7f) | 0x80);
-            len >>= 7;
-        }
-        msg.push(len as u8);
+        push_varint(&mut msg, payload.len() as u64);
         msg.extend_from_slice(payload);
     }
-    if stream_count > 0 {
-        msg.push(0x10);
-        let mut v = stream_count;
-        while v >= 0x80 {
-            msg.push((v as u8 & 0x7f) | 0x80);
-            v >>= 7;
+    for (tag, value) in [(0x10, stream_count), (0x18, delay_ms)] {
+        if value > 0 {
+            msg.push(tag);
+            push_varint(&mut msg, u64::from(value));
         }
-        msg.push(v as u8);
-    }
-    if delay_ms > 0 {
-        msg.push(0x18);
-        let mut v = delay_ms;
-        while v >= 0x80 {
-            msg.push((v as u8 & 0x7f) | 0x80);
-            v >>= 7;
-        }
-        msg.push(v as u8);
     }
     let mut out = vec![0u8];
     out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
