@@ -345,6 +345,12 @@ async fn zero_window_reader() -> Result<()> {
     // SETTINGS_INITIAL_WINDOW_SIZE = 0: the proxy may send no DATA on any stream.
     let mut conn = RawH2::connect(t.outbound(), &[(0x4, 0)], true).await?;
     conn.handshake().await?;
+    // The 50 requests carry ~400 KB of DATA, more than the 65,535-byte connection
+    // window a client may assume until the proxy's SETTINGS and WINDOW_UPDATE are in;
+    // sent earlier, the proxy rightly answers FLOW_CONTROL_ERROR (a race seen in ~1 of
+    // 3 runs). The attack is not reading responses, not overrunning request windows.
+    let acked = conn.wait_for(Duration::from_secs(2), |s| s.settings_acks > 0).await;
+    ensure!(acked.settings_acks > 0, "no SETTINGS ACK from the proxy: {}", answer(&acked));
     let block = grpc_request_block(&auth(), SERVER_STREAM, &[]);
     // Each stream asks for 4,000 answers of 8 KiB: 32 MB per stream (the request
     // fits one 16 KiB frame).
