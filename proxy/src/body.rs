@@ -262,19 +262,30 @@ mod tests {
         Bytes::from(v)
     }
 
-    #[tokio::test]
-    async fn observed_body_reports_status_and_messages_once() {
-        let mut trailers = HeaderMap::new();
-        trailers.insert("grpc-status", "5".parse().expect("v"));
-        let frames: Vec<Result<Frame<Bytes>, BoxError>> =
-            vec![Ok(Frame::data(grpc_frame(3))), Ok(Frame::data(grpc_frame(10))), Ok(Frame::trailers(trailers))];
-        let seen = Arc::new(Mutex::new(Vec::new()));
+    type Frames = Vec<Result<Frame<Bytes>, BoxError>>;
+    type Outcomes = Arc<Mutex<Vec<Outcome>>>;
+
+    /// An observed body over `frames` and the outcomes it reports.
+    fn recorded(frames: Frames) -> (ObservedBody<impl Body<Data = Bytes, Error = BoxError>>, Outcomes) {
+        let seen: Outcomes = Arc::new(Mutex::new(Vec::new()));
         let s2 = seen.clone();
         let body = ObservedBody::new(
             StreamBody::new(tokio_stream_iter(frames)),
             None,
             Box::new(move |o| s2.lock().expect("lock").push(o)),
         );
+        (body, seen)
+    }
+
+    #[tokio::test]
+    async fn observed_body_reports_status_and_messages_once() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "5".parse().expect("v"));
+        let (body, seen) = recorded(vec![
+            Ok(Frame::data(grpc_frame(3))),
+            Ok(Frame::data(grpc_frame(10))),
+            Ok(Frame::trailers(trailers)),
+        ]);
         let collected = body.collect().await.expect("collect");
         assert_eq!(collected.trailers().and_then(grpc::status_of), Some(5));
         let seen = seen.lock().expect("lock").clone();
@@ -283,16 +294,8 @@ mod tests {
 
     #[tokio::test]
     async fn upstream_failure_mid_stream_becomes_unavailable_trailers() {
-        let frames: Vec<Result<Frame<Bytes>, BoxError>> =
-            vec![Ok(Frame::data(grpc_frame(3))), Err("connection reset".into())];
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let s2 = seen.clone();
-        let body = ObservedBody::new(
-            StreamBody::new(tokio_stream_iter(frames)),
-            None,
-            Box::new(move |o| s2.lock().expect("lock").push(o)),
-        )
-        .grpc(true);
+        let (body, seen) = recorded(vec![Ok(Frame::data(grpc_frame(3))), Err("connection reset".into())]);
+        let body = body.grpc(true);
         let collected = body.collect().await.expect("ends cleanly");
         let trailers = collected.trailers().expect("trailers");
         assert_eq!(grpc::status_of(trailers), Some(14));
@@ -302,14 +305,7 @@ mod tests {
 
     #[tokio::test]
     async fn dropped_body_reports_cancelled() {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let s2 = seen.clone();
-        let frames: Vec<Result<Frame<Bytes>, BoxError>> = vec![Ok(Frame::data(grpc_frame(1)))];
-        let body = ObservedBody::new(
-            StreamBody::new(tokio_stream_iter(frames)),
-            None,
-            Box::new(move |o| s2.lock().expect("lock").push(o)),
-        );
+        let (body, seen) = recorded(vec![Ok(Frame::data(grpc_frame(1)))]);
         drop(body);
         assert!(!seen.lock().expect("lock")[0].completed);
     }

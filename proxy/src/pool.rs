@@ -272,10 +272,9 @@ impl Pool {
             return Ok(s);
         }
         let _connecting = u.connecting.lock().await;
-        if let Some(s) = u.sender.load_full()
-            && !s.is_closed()
-        {
-            return Ok((*s).clone());
+        // Another caller may have connected while this one waited for the lock.
+        if let Some(s) = self.ready_sender(u) {
+            return Ok(s);
         }
         let addr = u.addr;
         let timeout = self.config.connect_timeout;

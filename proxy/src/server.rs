@@ -207,8 +207,9 @@ impl IdleClock {
     }
 
     pub fn stream_started(&self) -> StreamInFlight {
+        // No clock read here: while a stream is open the connection is not idle, and
+        // the stream's end records the time.
         self.state.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.state.touch();
         StreamInFlight { state: self.state.clone() }
     }
 

@@ -55,7 +55,8 @@ impl MeshService {
         Some(MeshService { namespace, name, cluster_ips, ports })
     }
 
-    /// Takes the Service apart (watch ingest: the object is dropped right after).
+    /// [`MeshService::from_service`] in the `fn(Service) -> Option<_>` shape the watch
+    /// ingest (`strait_kube::run_watch`) takes as its converter.
     pub fn from_owned(svc: Service) -> Option<MeshService> {
         MeshService::from_service(&svc)
     }

@@ -45,12 +45,8 @@ pub struct CompileOptions {
     pub require_reference_grants: bool,
 }
 
-struct ServiceInfo<'a> {
-    svc: &'a MeshService,
-}
-
 struct Ctx<'a> {
-    services: BTreeMap<ServiceKey, ServiceInfo<'a>>,
+    services: BTreeMap<ServiceKey, &'a MeshService>,
     slices: HashMap<ServiceKey, Vec<&'a EndpointSlice>>,
     grants: &'a [&'a ReferenceGrant],
     opts: &'a CompileOptions,
@@ -84,7 +80,7 @@ pub fn compile(snap: &Snapshot<'_>, opts: &CompileOptions) -> RoutingState {
         if svc.name.is_empty() {
             continue;
         }
-        ctx.services.insert(ServiceKey::new(svc.namespace.as_str(), svc.name.as_str()), ServiceInfo { svc });
+        ctx.services.insert(ServiceKey::new(svc.namespace.as_str(), svc.name.as_str()), svc);
     }
     for slice in &snap.endpoint_slices {
         let ns = slice.metadata.namespace.clone().unwrap_or_default();
@@ -97,8 +93,8 @@ pub fn compile(snap: &Snapshot<'_>, opts: &CompileOptions) -> RoutingState {
     // Later duplicates of the same namespace/name replace earlier ones.
     let mut routes: BTreeMap<RouteRef, &GrpcRoute> = BTreeMap::new();
     for route in &snap.grpc_routes {
-        if let Some(k) = meta_key(&route.metadata) {
-            routes.insert(RouteRef { namespace: k.namespace.to_string(), name: k.name.to_string() }, route);
+        if let Some(key) = route_ref(&route.metadata) {
+            routes.insert(key, route);
         }
     }
 
@@ -162,8 +158,7 @@ pub fn compile(snap: &Snapshot<'_>, opts: &CompileOptions) -> RoutingState {
     let mut state = RoutingState { route_statuses: statuses, ..RoutingState::default() };
     let keys: Vec<ServiceKey> = ctx.services.keys().cloned().collect();
     for key in keys {
-        let Some(info) = ctx.services.get(&key) else { continue };
-        let svc = info.svc;
+        let Some(&svc) = ctx.services.get(&key) else { continue };
         // Exact capacity: a pushed-to Vec starts at 4 elements, and ~120-byte PortRoutes
         // times 4 for the usual one port was 4.8 MB per state at 10,000 Services.
         let mut ports = Vec::with_capacity(svc.ports.len());
@@ -203,16 +198,15 @@ pub fn compile(snap: &Snapshot<'_>, opts: &CompileOptions) -> RoutingState {
     state
 }
 
-fn meta_key(meta: &strait_api::ObjectMeta) -> Option<ServiceKey> {
+fn route_ref(meta: &strait_api::ObjectMeta) -> Option<RouteRef> {
     let name = meta.name.clone().filter(|n| !n.is_empty())?;
-    Some(ServiceKey::new(meta.namespace.clone().unwrap_or_default(), name))
+    Some(RouteRef { namespace: meta.namespace.clone().unwrap_or_default(), name })
 }
 
 /// The Service ports a parentRef binds, or why it binds none (`NoMatchingParent`).
 fn bind_parent(ctx: &Ctx<'_>, key: &ServiceKey, parent: &ParentReference) -> Result<Vec<u16>, String> {
-    let info = ctx.services.get(key).ok_or_else(|| format!("Service {key} not found"))?;
-    let ports: Vec<u16> = info
-        .svc
+    let svc = ctx.services.get(key).ok_or_else(|| format!("Service {key} not found"))?;
+    let ports: Vec<u16> = svc
         .ports
         .iter()
         .filter(|p| {
@@ -484,7 +478,7 @@ fn resolve_backend(
     } else if let Some(port) = port {
         match ctx.services.get(&service) {
             None => Some(("BackendNotFound", format!("Service {service} not found"))),
-            Some(info) => match info.svc.port(port) {
+            Some(svc) => match svc.port(port) {
                 None => Some(("BackendNotFound", format!("Service {service} has no port {port}"))),
                 Some(p) => {
                     let name = p.name.clone();
