@@ -21,6 +21,7 @@ pub mod server;
 pub mod state;
 pub mod telemetry;
 pub mod transparent;
+pub mod upstream;
 pub mod wait_ready;
 
 use anyhow::Context;

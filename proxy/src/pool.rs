@@ -8,11 +8,11 @@
 //! uses a time-weighted EWMA with a 1 s horizon: sustained slowness moves traffic
 //! within about a second, single spikes do not, and outstanding requests still
 //! dominate under concurrency.
-use crate::body::ProxyBody;
 use crate::config::{H2Limits, MAX_H2_WINDOW};
+use crate::upstream::{KeepAlive, UpstreamConnection};
 use arc_swap::ArcSwapOption;
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use bytes::Bytes;
+use h2::client::SendRequest;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -39,7 +39,7 @@ pub enum ConnectError {
     #[error("connect to {addr}: {source}")]
     Io { addr: SocketAddr, source: std::io::Error },
     #[error("HTTP/2 handshake with {addr}: {source}")]
-    Handshake { addr: SocketAddr, source: hyper::Error },
+    Handshake { addr: SocketAddr, source: h2::Error },
 }
 
 #[derive(Clone, Debug)]
@@ -52,7 +52,7 @@ pub struct ClientConfig {
 /// changes because the pool is keyed by address, not by route.
 pub struct Upstream {
     pub addr: SocketAddr,
-    sender: ArcSwapOption<SendRequest<ProxyBody>>,
+    connection: ArcSwapOption<UpstreamConnection>,
     connecting: tokio::sync::Mutex<()>,
     pending: AtomicU32,
     /// EWMA round trip in nanoseconds; 0 = no sample yet.
@@ -98,7 +98,7 @@ impl Pool {
         let fresh = || {
             Arc::new(Upstream {
                 addr,
-                sender: ArcSwapOption::empty(),
+                connection: ArcSwapOption::empty(),
                 connecting: tokio::sync::Mutex::new(()),
                 pending: AtomicU32::new(0),
                 ewma_ns: AtomicU64::new(0),
@@ -258,16 +258,22 @@ impl Pool {
         let n = u.consecutive_failures.fetch_add(1, Ordering::Relaxed).min(16);
         let backoff = MIN_BACKOFF.saturating_mul(1u32 << n.min(10)).min(MAX_BACKOFF);
         u.unhealthy_until_ns.store(self.now_ns() + backoff.as_nanos() as u64, Ordering::Relaxed);
-        u.sender.store(None);
+        u.connection.store(None);
+    }
+
+    /// Stops handing out the endpoint's current connection (the endpoint sent GOAWAY);
+    /// streams already on it finish there, the next request connects anew.
+    pub fn forget_connection(&self, u: &Upstream) {
+        u.connection.store(None);
     }
 
     /// The endpoint's HTTP/2 connection if it is up (every request but the first).
-    pub fn ready_sender(&self, u: &Upstream) -> Option<SendRequest<ProxyBody>> {
-        u.sender.load_full().filter(|s| !s.is_closed()).map(|s| (*s).clone())
+    pub fn ready_sender(&self, u: &Upstream) -> Option<SendRequest<Bytes>> {
+        u.connection.load().as_ref().filter(|c| !c.is_closed()).map(|c| c.sender.clone())
     }
 
     /// The endpoint's HTTP/2 connection, established on first use.
-    pub async fn sender(&self, u: &Upstream) -> Result<SendRequest<ProxyBody>, ConnectError> {
+    pub async fn sender(&self, u: &Arc<Upstream>) -> Result<SendRequest<Bytes>, ConnectError> {
         if let Some(s) = self.ready_sender(u) {
             return Ok(s);
         }
@@ -286,28 +292,29 @@ impl Pool {
         // Small gRPC frames must not wait for Nagle.
         let _ = tcp.set_nodelay(true);
         let h2 = &self.config.h2;
-        let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(h2.upstream_stream_window_size)
+        let (sender, conn) = h2::client::Builder::new()
+            .initial_window_size(h2.upstream_stream_window_size)
             // Never the binding limit: unread streams hold at most their own window each
             // (see H2Limits::upstream_stream_window_size), and other callers keep flowing.
             .initial_connection_window_size(UPSTREAM_CONNECTION_WINDOW)
             .max_header_list_size(h2.max_header_list_size)
-            .max_send_buf_size(h2.max_send_buf_size)
+            .max_send_buffer_size(h2.max_send_buf_size)
             .max_pending_accept_reset_streams(h2.max_pending_accept_reset_streams)
-            .max_local_error_reset_streams(h2.max_local_error_reset_streams)
-            .keep_alive_interval(h2.keep_alive_interval)
-            .keep_alive_timeout(h2.keep_alive_timeout)
-            .keep_alive_while_idle(false);
-        let (sender, conn) =
-            builder.handshake(TokioIo::new(tcp)).await.map_err(|source| ConnectError::Handshake { addr, source })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "upstream connection ended");
-            }
-        });
-        u.sender.store(Some(Arc::new(sender.clone())));
+            .max_local_error_reset_streams(Some(h2.max_local_error_reset_streams))
+            .enable_push(false)
+            .handshake::<_, Bytes>(tcp)
+            .await
+            .map_err(|source| ConnectError::Handshake { addr, source })?;
+        // PINGs only while requests are in flight: an idle pooled connection costs
+        // nothing, and a dead one is found by the next request's connect attempt.
+        let weak = Arc::downgrade(u);
+        let keep_alive = KeepAlive {
+            interval: h2.keep_alive_interval,
+            timeout: h2.keep_alive_timeout,
+            in_use: move || weak.upgrade().is_some_and(|u| u.pending.load(Ordering::Relaxed) > 0),
+        };
+        let connection = crate::upstream::spawn_connection(conn, sender.clone(), keep_alive, addr);
+        u.connection.store(Some(Arc::new(connection)));
         tracing::debug!(%addr, "connected upstream");
         Ok(sender)
     }

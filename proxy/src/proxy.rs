@@ -4,6 +4,7 @@ use crate::grpc::{self, Code};
 use crate::pool::{Pool, Upstream};
 use crate::state::SharedState;
 use crate::telemetry::{self, CallMetrics, MethodTable, Side};
+use crate::upstream::{self, SendError, UpstreamBody};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use std::collections::HashSet;
@@ -285,7 +286,7 @@ impl Proxy {
         endpoints: &strait_routing::EndpointSet,
         deadline: Option<Duration>,
         is_grpc: bool,
-    ) -> Result<(Response<Incoming>, crate::pool::PendingGuard), Refusal> {
+    ) -> Result<(Response<UpstreamBody>, crate::pool::PendingGuard), Refusal> {
         let _ = is_grpc;
         let started = Instant::now();
         self.retry_budget.deposit(started);
@@ -316,7 +317,7 @@ impl Proxy {
                 Some(s) => Ok(s),
                 None => Box::pin(self.pool.sender(&upstream)).await,
             };
-            let mut sender = match connected {
+            let sender = match connected {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::debug!(endpoint = %upstream.addr, error = %e, "connect failed; endpoint backed off");
@@ -328,7 +329,7 @@ impl Proxy {
             };
             // Latency samples exclude connection setup: they measure the endpoint.
             let sent_at = Instant::now();
-            let sent = sender.try_send_request(req);
+            let sent = upstream::send_request(sender, req);
             let result = match deadline {
                 Some(d) => match tokio::time::timeout(d.saturating_sub(started.elapsed()), sent).await {
                     Ok(r) => r,
@@ -347,21 +348,24 @@ impl Proxy {
                     self.pool.observe_rtt(&upstream, sent_at.elapsed());
                     return Ok((resp, guard));
                 }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => {
+                Err(SendError::Unsent { req: unsent, error }) => {
+                    req = *unsent;
+                    last_error = format!("{}: {error}", upstream.addr).into();
+                    if error.is_go_away() && error.is_remote() {
+                        // The endpoint is closing this connection gracefully (a restart, a
+                        // connection age limit): it is not failing, a new connection will do.
+                        self.pool.forget_connection(&upstream);
+                    } else {
                         // The connection died before our request was written.
                         self.pool.mark_failed(&upstream);
-                        last_error = format!("{}: {}", upstream.addr, e.error()).into();
                         exclude = Some(upstream.addr);
-                        req = unsent;
                     }
-                    None => {
-                        let err = e.into_error();
-                        let msg = format!("upstream {} failed: {err}", upstream.addr);
-                        tracing::debug!(error = %msg, "forward failed");
-                        return Err(refuse(Code::Unavailable, "upstream_error", msg));
-                    }
-                },
+                }
+                Err(SendError::Failed(err)) => {
+                    let msg = format!("upstream {} failed: {err}", upstream.addr);
+                    tracing::debug!(error = %msg, "forward failed");
+                    return Err(refuse(Code::Unavailable, "upstream_error", msg));
+                }
             }
         }
         let what = match side {
@@ -404,7 +408,7 @@ impl Proxy {
 }
 
 fn observe(
-    resp: Response<Incoming>,
+    resp: Response<UpstreamBody>,
     call: CallMetrics,
     request_messages: Arc<AtomicU32>,
     guard: crate::pool::PendingGuard,
@@ -426,19 +430,21 @@ fn observe(
 
 async fn send_mirror(pool: Arc<Pool>, upstream: Arc<Upstream>, req: Request<ProxyBody>) {
     let _guard = pool.start_request(&upstream);
-    let mut sender = match pool.sender(&upstream).await {
+    let sender = match pool.sender(&upstream).await {
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(error = %e, "mirror connect failed");
             return;
         }
     };
-    match sender.send_request(req).await {
+    match upstream::send_request(sender, req).await {
         // The mirror's response is read and dropped so its stream completes cleanly.
         Ok(resp) => {
             let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
         }
-        Err(e) => tracing::debug!(error = %e, "mirror request failed"),
+        Err(SendError::Unsent { error, .. } | SendError::Failed(error)) => {
+            tracing::debug!(%error, "mirror request failed")
+        }
     }
 }
 
