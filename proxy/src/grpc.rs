@@ -45,9 +45,14 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
     headers.get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
+/// Header names looked up on every call, parsed once: a `&str` key is parsed and
+/// validated on each lookup (~300 instructions a time in callgrind).
+pub const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+pub const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+
 /// The grpc-status carried in a header map (trailers, or trailers-only headers).
 pub fn status_of(headers: &HeaderMap) -> Option<u32> {
-    headers.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|s| s.parse().ok())
+    headers.get(GRPC_STATUS).and_then(|v| v.to_str().ok()).and_then(|s| s.parse().ok())
 }
 
 /// A response the proxy produces itself. For gRPC callers it is trailers-only (HTTP 200

@@ -12,8 +12,9 @@ use crate::config::{H2Limits, MAX_H2_WINDOW};
 use crate::upstream::{KeepAlive, UpstreamConnection};
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
+use foldhash::HashMap;
 use h2::client::SendRequest;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -82,7 +83,7 @@ impl Drop for PendingGuard {
 
 impl Pool {
     pub fn new(config: ClientConfig) -> Arc<Self> {
-        Arc::new(Pool { upstreams: RwLock::new(HashMap::new()), config, epoch: Instant::now() })
+        Arc::new(Pool { upstreams: RwLock::new(HashMap::default()), config, epoch: Instant::now() })
     }
 
     fn now_ns(&self) -> u64 {
@@ -393,7 +394,7 @@ mod tests {
     fn p2c_spreads_over_equal_endpoints() {
         let p = pool();
         let s = set(4);
-        let mut counts = HashMap::new();
+        let mut counts = HashMap::default();
         for _ in 0..4000 {
             let u = p.pick(&s, None).expect("pick");
             *counts.entry(u.addr).or_insert(0) += 1;

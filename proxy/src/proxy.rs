@@ -218,7 +218,7 @@ impl Proxy {
                 tokio::spawn(send_mirror(self.pool.clone(), u, req));
             }
         }
-        let deadline = parts.headers.get("grpc-timeout").and_then(grpc::parse_timeout);
+        let deadline = parts.headers.get(grpc::GRPC_TIMEOUT).and_then(grpc::parse_timeout);
         let req = Request::from_parts(parts, body::boxed(body));
         let forwarded = self.forward(Side::Outbound, req, &endpoints, deadline, is_grpc).await;
         match forwarded {
@@ -259,7 +259,7 @@ impl Proxy {
         {
             return Ok(self.refused(side, is_grpc, call, refuse(Code::Internal, "bad_uri", e)));
         }
-        let deadline = parts.headers.get("grpc-timeout").and_then(grpc::parse_timeout);
+        let deadline = parts.headers.get(grpc::GRPC_TIMEOUT).and_then(grpc::parse_timeout);
         let request_messages = Arc::new(AtomicU32::new(0));
         let req = Request::from_parts(parts, body::boxed(RequestBody::new(incoming, request_messages.clone())));
         let app = strait_routing::EndpointSet {

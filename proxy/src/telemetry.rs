@@ -2,9 +2,9 @@
 //! conventions), plus Strait's per-route counters. Rendered by the admin endpoint.
 use crate::body::Outcome;
 use crate::grpc;
+use foldhash::HashMap;
 use metrics::SharedString;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
@@ -71,7 +71,7 @@ enum Handle {
 
 impl MethodInfo {
     fn new(service: SharedString, method: SharedString) -> Self {
-        MethodInfo { service, method, learned_type: AtomicU8::new(0), handles: RwLock::new(HashMap::new()) }
+        MethodInfo { service, method, learned_type: AtomicU8::new(0), handles: RwLock::new(HashMap::default()) }
     }
 
     fn handle(&self, key: HandleKey, make: impl FnOnce() -> Handle) -> Option<Handle> {
@@ -199,7 +199,7 @@ impl RouteMetricsCache {
         ];
         let [parent, route, rule, backend] = labels.clone();
         let duration = metrics::histogram!("strait_route_request_duration_seconds", "parent" => parent, "route" => route, "rule" => rule, "backend" => backend);
-        let handles = Arc::new(RouteHandles { labels, requests: RwLock::new(HashMap::new()), duration });
+        let handles = Arc::new(RouteHandles { labels, requests: RwLock::new(HashMap::default()), duration });
         if let Ok(mut m) = self.entries.write() {
             m.entry(key).or_default().push((r.rule.clone(), r.parent_key.clone(), handles.clone()));
         }

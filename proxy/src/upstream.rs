@@ -134,16 +134,21 @@ pub async fn send_request(
 }
 
 /// Headers HTTP/2 forbids (RFC 9113 §8.2.2); `h2` refuses a request carrying them, so
-/// they are dropped as hyper's client does.
+/// they are dropped as hyper's client does. Requests from the proxy's own HTTP/2
+/// listeners never carry them (`h2` refuses those on receipt too), only a route's header
+/// filter can add one, so one scan finds nothing and nothing is removed on the hot path.
 fn strip_connection_headers(headers: &mut HeaderMap) {
     use http::header::{CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
-    for name in ["keep-alive", "proxy-connection"] {
-        headers.remove(name);
-    }
-    headers.remove(TRANSFER_ENCODING);
-    headers.remove(UPGRADE);
-    if headers.get(TE).is_some_and(|te| te != "trailers") {
-        headers.remove(TE);
+    let forbidden = |name: &http::HeaderName, value: &http::HeaderValue| {
+        *name == CONNECTION
+            || *name == TRANSFER_ENCODING
+            || *name == UPGRADE
+            || (*name == TE && value != "trailers")
+            || name.as_str() == "keep-alive"
+            || name.as_str() == "proxy-connection"
+    };
+    if !headers.iter().any(|(name, value)| forbidden(name, value)) {
+        return;
     }
     if let Some(listed) = headers.remove(CONNECTION)
         && let Ok(listed) = listed.to_str()
@@ -151,6 +156,14 @@ fn strip_connection_headers(headers: &mut HeaderMap) {
         for name in listed.split(',') {
             headers.remove(name.trim());
         }
+    }
+    for name in ["keep-alive", "proxy-connection"] {
+        headers.remove(name);
+    }
+    headers.remove(TRANSFER_ENCODING);
+    headers.remove(UPGRADE);
+    if headers.get(TE).is_some_and(|te| te != "trailers") {
+        headers.remove(TE);
     }
 }
 
