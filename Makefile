@@ -59,10 +59,16 @@ cluster: tools
 #              HAProxy h2) + the Kubernetes-mode scale test; target/bench/results.{md,json},
 #              latency.png. BENCH_QUICK=1: ~1 minute, comparison only.
 # bench-scale: only the scale test (10k Services, 50k endpoints, 1k GRPCRoutes).
-.PHONY: bench bench-scale
+# bench-instructions: instructions per proxied call under callgrind, Strait vs HAProxy
+#              (stable to ~0.2%: use it to judge request-path changes; CONC=64 for the
+#              saturation case).
+.PHONY: bench bench-scale bench-instructions
 
 bench:
 	STRAIT_CACHE="$(STRAIT_CACHE)" ./scripts/bench.sh all
 
 bench-scale:
 	STRAIT_CACHE="$(STRAIT_CACHE)" ./scripts/bench.sh scale
+
+bench-instructions:
+	./scripts/bench-instructions.sh

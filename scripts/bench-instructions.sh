@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# `make bench-instructions`: instructions per proxied gRPC call, Strait one hop vs HAProxy
+# h2 one hop, counted by callgrind on the same backend in the same run. Instruction
+# counts repeat to within ~0.2% on this machine whatever else it is doing, so they show
+# request-path changes that wall-clock runs here (±20% between runs) cannot.
+#
+# Each proxy runs under valgrind on CPU 1 with the backend; the generator (CPU 0) sends
+# RATE calls/s open loop (default 100: one call at a time, no batching, the low-rate
+# case) or, with CONC=n, n calls in flight (batching, the saturation case), for DURATION
+# seconds after a warm-up; counters are zeroed after the warm-up and dumped after the
+# run. Output: target/bench/instructions.md (and the callgrind files beside it, for
+# callgrind_annotate).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+target="${CARGO_TARGET_DIR:-target}"
+out="$target/bench/instructions"
+mkdir -p "$out"
+./scripts/bench-deps.sh
+command -v valgrind >/dev/null || {
+  sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends valgrind >/dev/null
+}
+cargo build --release -p strait-proxy -p strait-bench
+bin="$target/release"
+rate="${RATE:-100}"; conc="${CONC:-}"; duration="${DURATION:-5}"
+backend_port="${BACKEND_PORT:-26050}"; strait_port=26051; haproxy_port=26052
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+taskset -c 1 "$bin/strait-bench" backend --addr "127.0.0.1:$backend_port" >"$out/backend.log" 2>&1 &
+pids+=($!)
+
+# Strait, file mode: Service echo routes to echo-backend, whose one endpoint is the backend.
+cfg="$out/strait-config"
+mkdir -p "$cfg"
+cat >"$cfg/bench.yaml" <<EOF
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: bench}
+spec:
+  ports: [{name: grpc, port: 50051, appProtocol: kubernetes.io/grpc}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo-backend, namespace: bench}
+spec:
+  ports: [{name: grpc, port: 50051, appProtocol: kubernetes.io/grpc}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: echo-route, namespace: bench}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 50051}]
+  rules:
+    - matches: [{method: {service: strait.test.v1.Echo}}]
+      backendRefs: [{name: echo-backend, port: 50051}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: echo-backend-0
+  namespace: bench
+  labels: {kubernetes.io/service-name: echo-backend}
+addressType: IPv4
+ports: [{name: grpc, port: $backend_port, protocol: TCP}]
+endpoints: [{addresses: ["127.0.0.1"], conditions: {ready: true}}]
+EOF
+
+cat >"$out/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 4000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend fe
+    bind 127.0.0.1:$haproxy_port proto h2
+    default_backend be
+backend be
+    http-reuse always
+    server s1 127.0.0.1:$backend_port proto h2
+EOF
+
+haproxy_bin=$(PATH="$PATH:/usr/sbin:/sbin" command -v haproxy)
+declare -A result
+for path in strait haproxy; do
+  file="$out/callgrind.$path"
+  rm -f "$file" "$file".*
+  if [[ $path == strait ]]; then
+    taskset -c 1 valgrind --tool=callgrind --callgrind-out-file="$file" "$bin/strait-proxy" \
+      --config-dir "$cfg" --outbound-addr "127.0.0.1:$strait_port" --inbound-addr 127.0.0.1:26053 \
+      --admin-addr 127.0.0.1:26054 --namespace bench --log-level warn >"$out/$path.log" 2>&1 &
+    addr="127.0.0.1:$strait_port"
+  else
+    taskset -c 1 valgrind --tool=callgrind --callgrind-out-file="$file" "$haproxy_bin" -f "$out/haproxy.cfg" -db \
+      >"$out/$path.log" 2>&1 &
+    addr="127.0.0.1:$haproxy_port"
+  fi
+  pid=$!
+  pids+=("$pid")
+  # Under valgrind start-up takes seconds: wait until a call goes through.
+  for _ in $(seq 60); do
+    taskset -c 0 "$bin/strait-bench" load --addr "$addr" --concurrency 1 --duration 1 >/dev/null 2>&1 && break
+    sleep 1
+  done
+  callgrind_control -z "$pid" >/dev/null
+  if [[ -n $conc ]]; then
+    line=$(taskset -c 0 "$bin/strait-bench" load --addr "$addr" --concurrency "$conc" --duration "$duration" 2>&1 | tail -1)
+  else
+    line=$(taskset -c 0 "$bin/strait-bench" load --addr "$addr" --rate "$rate" --duration "$duration" 2>&1 | tail -1)
+  fi
+  callgrind_control -d "$pid" >/dev/null
+  sleep 1
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  calls=$(grep -o 'ok [0-9]*' <<<"$line" | awk '{print $2}')
+  errors=$(grep -o 'errors [0-9]*' <<<"$line" | awk '{print $2}')
+  dump=$(ls -t "$file".* 2>/dev/null | head -1)
+  instructions=$(awk '/^summary:/ {print $2}' "$dump")
+  if [[ -z $calls || $calls -eq 0 || -z $instructions || $errors != 0 ]]; then
+    echo "bench-instructions: $path run failed: $line" >&2
+    exit 1
+  fi
+  result[$path]=$((instructions / calls))
+  echo "$path: $calls calls, $instructions instructions, $((instructions / calls)) per call"
+done
+
+load="open loop $rate calls/s"; [[ -n $conc ]] && load="closed loop, $conc calls in flight"
+{
+  echo "# Instructions per proxied call (callgrind)"
+  echo
+  echo "- date: $(date -u +%FT%TZ); unary ~100 B; $load for ${duration} s; proxy and backend on CPU 1"
+  echo
+  echo "| path | instructions per call | × HAProxy |"
+  echo "|---|---|---|"
+  for path in strait haproxy; do
+    echo "| $path | ${result[$path]} | $(echo "scale=2; ${result[$path]} / ${result[haproxy]}" | bc) |"
+  done
+} | tee "$out/../instructions.md"
