@@ -72,6 +72,15 @@ impl Routed {
     }
 }
 
+/// Where `forward` may send a request.
+enum Destination<'a> {
+    /// A backend's endpoints, balanced.
+    Endpoints(&'a strait_routing::EndpointSet),
+    /// One fixed address (the pod's application, a passthrough destination): no
+    /// endpoint set is built for it per request.
+    Address(SocketAddr),
+}
+
 /// How an outbound request names its destination.
 #[derive(Clone, Debug)]
 pub enum OutboundTarget {
@@ -219,8 +228,8 @@ impl Proxy {
             }
         }
         let deadline = parts.headers.get(grpc::GRPC_TIMEOUT).and_then(grpc::parse_timeout);
-        let req = Request::from_parts(parts, body::boxed(body));
-        let forwarded = self.forward(Side::Outbound, req, &endpoints, deadline, is_grpc).await;
+        let req = Request::from_parts(parts, body::boxed_unmapped(body));
+        let forwarded = self.forward(Side::Outbound, req, Destination::Endpoints(&endpoints), deadline, is_grpc).await;
         match forwarded {
             Ok((mut resp, guard)) => {
                 if let Some(f) = &routed.rule.response_header_modifier {
@@ -253,25 +262,23 @@ impl Proxy {
         let call = CallMetrics::start(side, self.methods.get(req.uri().path()));
         let authority = request_authority(&req);
         let (mut parts, incoming) = req.into_parts();
-        let fallback_authority = addr.to_string();
-        if let Err(e) =
-            absolute_uri(&mut parts.uri, authority.as_ref().map(RequestAuthority::as_str).or(Some(&fallback_authority)))
-        {
+        // The address names the destination only when the request does not.
+        let fallback_authority;
+        let authority = match &authority {
+            Some(a) => a.as_str(),
+            None => {
+                fallback_authority = addr.to_string();
+                &fallback_authority
+            }
+        };
+        if let Err(e) = absolute_uri(&mut parts.uri, Some(authority)) {
             return Ok(self.refused(side, is_grpc, call, refuse(Code::Internal, "bad_uri", e)));
         }
         let deadline = parts.headers.get(grpc::GRPC_TIMEOUT).and_then(grpc::parse_timeout);
         let request_messages = Arc::new(AtomicU32::new(0));
-        let req = Request::from_parts(parts, body::boxed(RequestBody::new(incoming, request_messages.clone())));
-        let app = strait_routing::EndpointSet {
-            endpoints: vec![strait_routing::Endpoint {
-                addr,
-                ready: true,
-                serving: true,
-                terminating: false,
-                target: None,
-            }],
-        };
-        match self.forward(side, req, &app, deadline, is_grpc).await {
+        let req =
+            Request::from_parts(parts, body::boxed_unmapped(RequestBody::new(incoming, request_messages.clone())));
+        match self.forward(side, req, Destination::Address(addr), deadline, is_grpc).await {
             Ok((resp, guard)) => Ok(observe(resp, call, request_messages, guard)),
             Err(refusal) => Ok(self.refused(side, is_grpc, call, refusal)),
         }
@@ -283,7 +290,7 @@ impl Proxy {
         &self,
         side: Side,
         mut req: Request<ProxyBody>,
-        endpoints: &strait_routing::EndpointSet,
+        destination: Destination<'_>,
         deadline: Option<Duration>,
         is_grpc: bool,
     ) -> Result<(Response<UpstreamBody>, crate::pool::PendingGuard), Refusal> {
@@ -300,9 +307,12 @@ impl Proxy {
                 break;
             }
             // A retry goes to an endpoint known to work when there is one.
-            let picked = match attempt {
-                0 => self.pool.pick(endpoints, exclude),
-                _ => self.pool.pick_known_good(endpoints, exclude).or_else(|| self.pool.pick(endpoints, exclude)),
+            let picked = match (&destination, attempt) {
+                (Destination::Address(addr), _) => (Some(*addr) != exclude).then(|| self.pool.upstream(*addr)),
+                (Destination::Endpoints(set), 0) => self.pool.pick(set, exclude),
+                (Destination::Endpoints(set), _) => {
+                    self.pool.pick_known_good(set, exclude).or_else(|| self.pool.pick(set, exclude))
+                }
             };
             let Some(upstream) = picked else {
                 break;
@@ -425,7 +435,7 @@ fn observe(
         }),
     )
     .grpc(is_grpc);
-    Response::from_parts(parts, body::boxed(body))
+    Response::from_parts(parts, body::boxed_unmapped(body))
 }
 
 async fn send_mirror(pool: Arc<Pool>, upstream: Arc<Upstream>, req: Request<ProxyBody>) {
