@@ -32,58 +32,11 @@ trap cleanup EXIT
 taskset -c 1 "$bin/strait-bench" backend --addr "127.0.0.1:$backend_port" >"$out/backend.log" 2>&1 &
 pids+=($!)
 
-# Strait, file mode: Service echo routes to echo-backend, whose one endpoint is the backend.
-cfg="$out/strait-config"
-mkdir -p "$cfg"
-cat >"$cfg/bench.yaml" <<EOF
-apiVersion: v1
-kind: Service
-metadata: {name: echo, namespace: bench}
-spec:
-  ports: [{name: grpc, port: 50051, appProtocol: kubernetes.io/grpc}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: echo-backend, namespace: bench}
-spec:
-  ports: [{name: grpc, port: 50051, appProtocol: kubernetes.io/grpc}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: GRPCRoute
-metadata: {name: echo-route, namespace: bench}
-spec:
-  parentRefs: [{group: "", kind: Service, name: echo, port: 50051}]
-  rules:
-    - matches: [{method: {service: strait.test.v1.Echo}}]
-      backendRefs: [{name: echo-backend, port: 50051}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: echo-backend-0
-  namespace: bench
-  labels: {kubernetes.io/service-name: echo-backend}
-addressType: IPv4
-ports: [{name: grpc, port: $backend_port, protocol: TCP}]
-endpoints: [{addresses: ["127.0.0.1"], conditions: {ready: true}}]
-EOF
-
-cat >"$out/haproxy.cfg" <<EOF
-global
-    nbthread 1
-    maxconn 4000
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-frontend fe
-    bind 127.0.0.1:$haproxy_port proto h2
-    default_backend be
-backend be
-    http-reuse always
-    server s1 127.0.0.1:$backend_port proto h2
-EOF
+# The comparison's own configurations: Strait in file mode (Service echo routes to
+# echo-backend, whose one endpoint is the backend) and HAProxy h2 one hop.
+"$bin/strait-bench" configs --dir "$out" --backend "127.0.0.1:$backend_port" \
+  --haproxy-listen "127.0.0.1:$haproxy_port"
+cfg="$out/strait"
 
 haproxy_bin=$(PATH="$PATH:/usr/sbin:/sbin" command -v haproxy)
 declare -A result

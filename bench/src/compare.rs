@@ -149,6 +149,13 @@ spec:
     write(&dir.join("endpoints.yaml"), &strait_demo::endpoint_slice_yaml(NS, "echo-backend", "grpc", &[endpoint]))
 }
 
+/// The Strait (file mode) and HAProxy configurations of the comparison, written for a
+/// run outside it.
+pub fn write_configs(dir: &Path, backend: SocketAddr, haproxy_listen: SocketAddr) -> Result<()> {
+    strait_config(&dir.join("strait"), backend)?;
+    write(&dir.join("haproxy.cfg"), &haproxy_conf(haproxy_listen, backend))
+}
+
 fn nginx_conf(prefix: &Path, listen: SocketAddr, backend: SocketAddr) -> String {
     let user = if is_root() { "user root;\n" } else { "" };
     let p = prefix.display();

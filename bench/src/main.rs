@@ -120,6 +120,18 @@ enum Cmd {
         #[arg(long)]
         addr: std::net::SocketAddr,
     },
+    /// Writes the Strait config directory (`<dir>/strait`) and `<dir>/haproxy.cfg` the
+    /// comparison uses, for runs outside it (`make bench-instructions`).
+    Configs {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The backend both proxies send to.
+        #[arg(long)]
+        backend: std::net::SocketAddr,
+        /// HAProxy's listen address.
+        #[arg(long)]
+        haproxy_listen: std::net::SocketAddr,
+    },
     /// One generator run (demo Echo service) against `--addr`.
     Load {
         #[arg(long)]
@@ -243,6 +255,7 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{md}");
         }
         Cmd::Backend { .. } => unreachable!("handled in main"),
+        Cmd::Configs { dir, backend, haproxy_listen } => compare::write_configs(&dir, backend, haproxy_listen)?,
         Cmd::Load { addr, authority, workload, rate, concurrency, duration, conns } => {
             let w = match workload.as_str() {
                 "unary_100B" => load::Workload::unary("unary_100B", 100),
