@@ -14,6 +14,15 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of every request and response the proxy forwards or produces.
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
+/// A request body as a listener hands it over: hyper's (HTTP/1) or an HTTP/2 stream's.
+pub trait CallerBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + 'static {}
+impl<T> CallerBody for T
+where
+    T: Body<Data = Bytes> + Send + Sync + 'static,
+    T::Error: Into<BoxError>,
+{
+}
+
 pub fn boxed<B>(body: B) -> ProxyBody
 where
     B: Body<Data = Bytes> + Send + 'static,

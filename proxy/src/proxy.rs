@@ -1,12 +1,11 @@
 //! The request path: route, filter, balance and forward one request.
-use crate::body::{self, ObservedBody, Outcome, ProxyBody, RequestBody};
+use crate::body::{self, CallerBody, ObservedBody, Outcome, ProxyBody, RequestBody};
 use crate::grpc::{self, Code};
 use crate::pool::{Pool, Upstream};
 use crate::state::SharedState;
 use crate::telemetry::{self, CallMetrics, MethodTable, Side};
-use crate::upstream::{self, SendError, UpstreamBody};
+use crate::upstream::{self, H2Body, SendError};
 use http::{Request, Response, Uri};
-use hyper::body::Incoming;
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -147,16 +146,16 @@ impl Proxy {
     /// Explicit outbound: the destination Service is named by `:authority`. Not an
     /// `async fn` wrapping `outbound_to`: that would add a second copy of the request to
     /// every call's future.
-    pub fn outbound(
+    pub fn outbound<B: CallerBody>(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<B>,
     ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send {
         self.outbound_to(req, OutboundTarget::Authority)
     }
 
-    pub async fn outbound_to(
+    pub async fn outbound_to<B: CallerBody>(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<B>,
         target: OutboundTarget,
     ) -> Result<Response<ProxyBody>, Infallible> {
         if let OutboundTarget::Passthrough(addr) = target {
@@ -245,17 +244,17 @@ impl Proxy {
     }
 
     /// Explicit inbound: everything goes to `--inbound-app-addr`.
-    pub async fn inbound(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    pub async fn inbound<B: CallerBody>(self: Arc<Self>, req: Request<B>) -> Result<Response<ProxyBody>, Infallible> {
         let app = self.inbound_app_addr;
         self.forward_to(Side::Inbound, req, app).await
     }
 
     /// Forwards to one fixed address (the application, or an outbound destination
     /// that is no Service), with metrics but no routing.
-    pub async fn forward_to(
+    pub async fn forward_to<B: CallerBody>(
         self: Arc<Self>,
         side: Side,
-        req: Request<Incoming>,
+        req: Request<B>,
         addr: SocketAddr,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let is_grpc = grpc::is_grpc(req.headers());
@@ -293,7 +292,7 @@ impl Proxy {
         destination: Destination<'_>,
         deadline: Option<Duration>,
         is_grpc: bool,
-    ) -> Result<(Response<UpstreamBody>, crate::pool::PendingGuard), Refusal> {
+    ) -> Result<(Response<H2Body>, crate::pool::PendingGuard), Refusal> {
         let _ = is_grpc;
         let started = Instant::now();
         self.retry_budget.deposit(started);
@@ -418,7 +417,7 @@ impl Proxy {
 }
 
 fn observe(
-    resp: Response<UpstreamBody>,
+    resp: Response<H2Body>,
     call: CallMetrics,
     request_messages: Arc<AtomicU32>,
     guard: crate::pool::PendingGuard,

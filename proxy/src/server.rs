@@ -1,11 +1,15 @@
 //! Listeners: accept connections, serve HTTP/2 with explicit limits, close idle
 //! connections, drain on shutdown.
+use crate::body::ProxyBody;
 use crate::config::H2Limits;
+use crate::upstream::{BodyPipe, H2Body};
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body as _;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -14,19 +18,16 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 /// The HTTP/2 server settings of every listener, from the explicit limits.
-pub fn h2_builder(limits: &H2Limits) -> hyper::server::conn::http2::Builder<TokioExecutor> {
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+pub fn h2_builder(limits: &H2Limits) -> h2::server::Builder {
+    let mut builder = h2::server::Builder::new();
     builder
-        .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_concurrent_streams)
         .max_header_list_size(limits.max_header_list_size)
         .max_pending_accept_reset_streams(limits.max_pending_accept_reset_streams)
-        .max_local_error_reset_streams(limits.max_local_error_reset_streams)
-        .max_send_buf_size(limits.max_send_buf_size)
-        .initial_stream_window_size(limits.initial_stream_window_size)
-        .initial_connection_window_size(limits.initial_connection_window_size)
-        .keep_alive_interval(limits.keep_alive_interval)
-        .keep_alive_timeout(limits.keep_alive_timeout);
+        .max_local_error_reset_streams(Some(limits.max_local_error_reset_streams))
+        .max_send_buffer_size(limits.max_send_buf_size)
+        .initial_window_size(limits.initial_stream_window_size)
+        .initial_connection_window_size(limits.initial_connection_window_size);
     builder
 }
 
@@ -128,23 +129,11 @@ impl Connections {
     }
 }
 
-/// hyper's server connections, which can be asked to finish gracefully.
-pub trait GracefulConnection: Future<Output = Result<(), hyper::Error>> {
+/// Server connections that can be asked to finish gracefully (GOAWAY, streams in
+/// flight complete).
+pub trait GracefulConnection: Future<Output = Result<(), Self::Failure>> {
+    type Failure: std::fmt::Display;
     fn start_graceful_shutdown(self: Pin<&mut Self>);
-}
-
-impl<I, S, E, B> GracefulConnection for hyper::server::conn::http2::Connection<I, S, E>
-where
-    S: hyper::service::HttpService<Incoming, ResBody = B>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin,
-    B: hyper::body::Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
-{
-    fn start_graceful_shutdown(self: Pin<&mut Self>) {
-        self.graceful_shutdown();
-    }
 }
 
 impl<I, S, B> GracefulConnection for hyper::server::conn::http1::Connection<I, S>
@@ -155,6 +144,7 @@ where
     B: hyper::body::Body + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    type Failure = hyper::Error;
     fn start_graceful_shutdown(self: Pin<&mut Self>) {
         self.graceful_shutdown();
     }
@@ -235,53 +225,166 @@ impl IdleClock {
     }
 }
 
-/// A response body that keeps its stream counted as in flight until it ends or is
-/// dropped (a field next to the body: no allocation per request).
-pub struct InFlightBody<B> {
-    body: B,
-    _in_flight: Option<StreamInFlight>,
+/// What a listener's handler answers a request with.
+pub type Handled = Result<Response<ProxyBody>, std::convert::Infallible>;
+
+/// One HTTP/2 connection served with the `h2` crate: each request stream runs as its
+/// own task (the handler's future, then the response body copied out); keep-alive
+/// PINGs find peers that vanished without closing.
+struct ServedH2<T, F> {
+    conn: h2::server::Connection<T, Bytes>,
+    handler: F,
+    idle: Option<IdleClock>,
+    keep_alive: Option<ServerKeepAlive>,
 }
 
-impl<B: hyper::body::Body + Unpin> hyper::body::Body for InFlightBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
+struct ServerKeepAlive {
+    pings: h2::PingPong,
+    interval: Duration,
+    timeout: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    awaiting_pong: bool,
+}
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+#[derive(Debug, thiserror::Error)]
+enum ServeError {
+    #[error(transparent)]
+    H2(#[from] h2::Error),
+    #[error("no answer to a keep-alive PING within {0:?}")]
+    KeepAliveTimeout(Duration),
+}
+
+impl ServerKeepAlive {
+    /// Ready(Err) when the peer failed to answer in time.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ServeError>> {
+        loop {
+            if self.awaiting_pong {
+                match self.pings.poll_pong(cx) {
+                    Poll::Ready(Ok(_)) => {
+                        self.awaiting_pong = false;
+                        self.timer.as_mut().reset(Instant::now() + self.interval);
+                        continue;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                    Poll::Pending => {}
+                }
+                return match self.timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(ServeError::KeepAliveTimeout(self.timeout))),
+                    Poll::Pending => Poll::Pending,
+                };
+            }
+            match self.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    self.pings.send_ping(h2::Ping::opaque())?;
+                    self.awaiting_pong = true;
+                    self.timer.as_mut().reset(Instant::now() + self.timeout);
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
+}
 
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+impl<T, F, Fut> Future for ServedH2<T, F>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    F: Fn(Request<H2Body>) -> Fut + Unpin,
+    Fut: Future<Output = Handled> + Send + 'static,
+{
+    type Output = Result<(), ServeError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        loop {
+            match this.conn.poll_accept(cx) {
+                Poll::Ready(Some(Ok((req, respond)))) => {
+                    let in_flight = this.idle.as_ref().map(IdleClock::stream_started);
+                    let response = (this.handler)(req.map(H2Body::new));
+                    tokio::spawn(serve_stream(response, respond, in_flight));
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e.into())),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => break,
+            }
+        }
+        if let Some(keep_alive) = this.keep_alive.as_mut()
+            && let Poll::Ready(Err(e)) = keep_alive.poll(cx)
+        {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Pending
     }
+}
 
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
+impl<T, F, Fut> GracefulConnection for ServedH2<T, F>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    F: Fn(Request<H2Body>) -> Fut + Unpin,
+    Fut: Future<Output = Handled> + Send + 'static,
+{
+    type Failure = ServeError;
+    fn start_graceful_shutdown(mut self: Pin<&mut Self>) {
+        self.conn.graceful_shutdown();
+    }
+}
+
+/// One request stream: the handler's response, then its body copied to the client.
+/// A client reset (RST_STREAM) before the response drops the handler's future, and with
+/// it the call upstream. `_in_flight` keeps the connection from counting as idle.
+async fn serve_stream<Fut>(response: Fut, mut respond: h2::server::SendResponse<Bytes>, _in_flight: Option<StreamInFlight>)
+where
+    Fut: Future<Output = Handled>,
+{
+    let mut response = std::pin::pin!(response);
+    let response = std::future::poll_fn(|cx| {
+        if respond.poll_reset(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        response.as_mut().poll(cx).map(Some)
+    })
+    .await;
+    let Some(Ok(response)) = response else {
+        return;
+    };
+    let (mut parts, body) = response.into_parts();
+    crate::upstream::strip_connection_headers(&mut parts.headers, false);
+    let end_of_stream = body.is_end_stream();
+    match respond.send_response(Response::from_parts(parts, ()), end_of_stream) {
+        Ok(stream) if !end_of_stream => BodyPipe::new(body, stream, h2::Reason::INTERNAL_ERROR).await,
+        Ok(_) => {}
+        Err(error) => tracing::debug!(%error, "response not sent"),
     }
 }
 
 /// Serves one HTTP/2 connection with `handler`, closing it when idle or draining.
 pub fn spawn_h2_connection<F, Fut>(limits: &H2Limits, conns: &Connections, tcp: TcpStream, handler: F)
 where
-    F: Fn(http::Request<Incoming>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<http::Response<crate::body::ProxyBody>, std::convert::Infallible>> + Send + 'static,
+    F: Fn(Request<H2Body>) -> Fut + Send + Sync + Unpin + 'static,
+    Fut: Future<Output = Handled> + Send + 'static,
 {
     let idle = IdleClock::new(limits.idle_timeout);
-    let clock = idle.clone();
-    let service = service_fn(move |req| {
-        let in_flight = clock.as_ref().map(IdleClock::stream_started);
-        let response = handler(req);
-        async move {
-            let response = response.await?;
-            Ok::<_, std::convert::Infallible>(response.map(|body| InFlightBody { body, _in_flight: in_flight }))
-        }
-    });
     let io = crate::flood_guard::FloodGuard::new(tcp, limits.max_control_frames_per_second);
-    let conn = h2_builder(limits).serve_connection(TokioIo::new(io), service);
+    let builder = h2_builder(limits);
     let conns = conns.clone();
-    tokio::spawn(async move { conns.run(conn, idle).await });
+    let (interval, timeout) = (limits.keep_alive_interval, limits.keep_alive_timeout);
+    tokio::spawn(async move {
+        let mut conn = match builder.handshake::<_, Bytes>(io).await {
+            Ok(c) => c,
+            Err(error) => {
+                tracing::debug!(%error, "HTTP/2 handshake failed");
+                return;
+            }
+        };
+        let keep_alive = conn.ping_pong().filter(|_| !interval.is_zero()).map(|pings| ServerKeepAlive {
+            pings,
+            interval,
+            timeout,
+            timer: Box::pin(tokio::time::sleep(interval)),
+            awaiting_pong: false,
+        });
+        let served = ServedH2 { conn, handler, idle: idle.clone(), keep_alive };
+        conns.run(served, idle).await
+    });
 }
 
 /// Serves h2c on `listener` until `shutdown` flips, then sends GOAWAY on every
@@ -294,8 +397,8 @@ pub async fn serve_h2<F, Fut>(
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
 ) where
-    F: Fn(http::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<http::Response<crate::body::ProxyBody>, std::convert::Infallible>> + Send + 'static,
+    F: Fn(Request<H2Body>) -> Fut + Clone + Send + Sync + Unpin + 'static,
+    Fut: Future<Output = Handled> + Send + 'static,
 {
     let conns = Connections::default();
     loop {

@@ -105,17 +105,17 @@ pub enum SendError {
 pub async fn send_request(
     sender: SendRequest<Bytes>,
     req: Request<ProxyBody>,
-) -> Result<Response<UpstreamBody>, SendError> {
+) -> Result<Response<H2Body>, SendError> {
     let mut sender = match sender.ready().await {
         Ok(s) => s,
         Err(error) => return Err(SendError::Unsent { req: Box::new(req), error }),
     };
     let (mut parts, body) = req.into_parts();
-    strip_connection_headers(&mut parts.headers);
+    strip_connection_headers(&mut parts.headers, true);
     let end_of_stream = body.is_end_stream();
     let (mut response, stream) =
         sender.send_request(Request::from_parts(parts, ()), end_of_stream).map_err(SendError::Failed)?;
-    let mut pipe = (!end_of_stream).then(|| RequestPipe::new(body, stream));
+    let mut pipe = (!end_of_stream).then(|| BodyPipe::new(body, stream, Reason::CANCEL));
     let head = std::future::poll_fn(|cx| {
         if let Some(p) = pipe.as_mut()
             && Pin::new(p).poll(cx).is_ready()
@@ -130,20 +130,21 @@ pub async fn send_request(
         tokio::spawn(p);
     }
     let head = head.map_err(SendError::Failed)?;
-    Ok(head.map(UpstreamBody::new))
+    Ok(head.map(H2Body::new))
 }
 
-/// Headers HTTP/2 forbids (RFC 9113 §8.2.2); `h2` refuses a request carrying them, so
-/// they are dropped as hyper's client does. Requests from the proxy's own HTTP/2
-/// listeners never carry them (`h2` refuses those on receipt too), only a route's header
-/// filter can add one, so one scan finds nothing and nothing is removed on the hot path.
-fn strip_connection_headers(headers: &mut HeaderMap) {
+/// Headers HTTP/2 forbids (RFC 9113 §8.2.2); `h2` refuses a message carrying them, so
+/// they are dropped as hyper does (`te: trailers` is allowed in requests only).
+/// Messages read by the proxy's own HTTP/2 connections never carry them (`h2` refuses
+/// those on receipt too), only a route's header filter can add one, so one scan finds
+/// nothing and nothing is removed on the hot path.
+pub fn strip_connection_headers(headers: &mut HeaderMap, request: bool) {
     use http::header::{CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
     let forbidden = |name: &http::HeaderName, value: &http::HeaderValue| {
         *name == CONNECTION
             || *name == TRANSFER_ENCODING
             || *name == UPGRADE
-            || (*name == TE && value != "trailers")
+            || (*name == TE && (!request || value != "trailers"))
             || name.as_str() == "keep-alive"
             || name.as_str() == "proxy-connection"
     };
@@ -162,25 +163,27 @@ fn strip_connection_headers(headers: &mut HeaderMap) {
     }
     headers.remove(TRANSFER_ENCODING);
     headers.remove(UPGRADE);
-    if headers.get(TE).is_some_and(|te| te != "trailers") {
+    if headers.get(TE).is_some_and(|te| !request || te != "trailers") {
         headers.remove(TE);
     }
 }
 
-/// Copies a request body onto its upstream stream, honouring the stream's flow control:
-/// one frame is pulled from the caller only once the upstream grants capacity.
-pub struct RequestPipe {
+/// Copies a body onto an HTTP/2 stream (a request upstream, a response to the client),
+/// honouring the stream's flow control: one frame is pulled from the source only once
+/// the peer grants capacity. A failing source resets the stream with `on_error`.
+pub struct BodyPipe {
     body: ProxyBody,
     stream: SendStream<Bytes>,
+    on_error: Reason,
 }
 
-impl RequestPipe {
-    fn new(body: ProxyBody, stream: SendStream<Bytes>) -> Self {
-        RequestPipe { body, stream }
+impl BodyPipe {
+    pub fn new(body: ProxyBody, stream: SendStream<Bytes>, on_error: Reason) -> Self {
+        BodyPipe { body, stream, on_error }
     }
 }
 
-impl Future for RequestPipe {
+impl Future for BodyPipe {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
@@ -220,8 +223,8 @@ impl Future for RequestPipe {
                     return Poll::Ready(());
                 }
                 Some(Err(error)) => {
-                    tracing::debug!(%error, "request body failed; resetting the upstream stream");
-                    this.stream.send_reset(Reason::CANCEL);
+                    tracing::debug!(%error, "body failed; resetting the stream");
+                    this.stream.send_reset(this.on_error);
                     return Poll::Ready(());
                 }
                 Some(Ok(frame)) => match frame.into_data() {
@@ -246,21 +249,22 @@ impl Future for RequestPipe {
     }
 }
 
-/// A response body read from an upstream stream; received bytes are released to the
-/// stream's flow control as they are handed on.
-pub struct UpstreamBody {
+/// A body read from an HTTP/2 stream (a request from a client, a response from an
+/// upstream); received bytes are released to the stream's flow control as they are
+/// handed on.
+pub struct H2Body {
     recv: RecvStream,
     data_done: bool,
     finished: bool,
 }
 
-impl UpstreamBody {
-    fn new(recv: RecvStream) -> Self {
-        UpstreamBody { recv, data_done: false, finished: false }
+impl H2Body {
+    pub fn new(recv: RecvStream) -> Self {
+        H2Body { recv, data_done: false, finished: false }
     }
 }
 
-impl Body for UpstreamBody {
+impl Body for H2Body {
     type Data = Bytes;
     type Error = h2::Error;
 
@@ -414,11 +418,13 @@ mod tests {
         h.insert("keep-alive", http::HeaderValue::from_static("5"));
         h.insert("te", http::HeaderValue::from_static("gzip"));
         h.insert("content-type", http::HeaderValue::from_static("application/grpc"));
-        strip_connection_headers(&mut h);
+        strip_connection_headers(&mut h, true);
         assert_eq!(h.len(), 1, "{h:?}");
         let mut h = HeaderMap::new();
         h.insert("te", http::HeaderValue::from_static("trailers"));
-        strip_connection_headers(&mut h);
+        strip_connection_headers(&mut h, true);
         assert!(h.contains_key("te"), "te: trailers is what gRPC needs");
+        strip_connection_headers(&mut h, false);
+        assert!(!h.contains_key("te"), "no te in responses");
     }
 }
