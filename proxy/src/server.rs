@@ -9,9 +9,9 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
@@ -331,8 +331,11 @@ where
 /// One request stream: the handler's response, then its body copied to the client.
 /// A client reset (RST_STREAM) before the response drops the handler's future, and with
 /// it the call upstream. `_in_flight` keeps the connection from counting as idle.
-async fn serve_stream<Fut>(response: Fut, mut respond: h2::server::SendResponse<Bytes>, _in_flight: Option<StreamInFlight>)
-where
+async fn serve_stream<Fut>(
+    response: Fut,
+    mut respond: h2::server::SendResponse<Bytes>,
+    _in_flight: Option<StreamInFlight>,
+) where
     Fut: Future<Output = Handled>,
 {
     let mut response = std::pin::pin!(response);
@@ -457,6 +460,65 @@ mod tests {
         drop(stream);
         tokio::time::timeout(timeout * 4, clock.expired()).await.expect("idle after the stream ended");
         assert!(ended.elapsed() >= timeout - Duration::from_millis(2), "{:?}", ended.elapsed());
+    }
+
+    fn keep_alive_limits() -> H2Limits {
+        use clap::Parser;
+        let args = ["x", "--config-dir", "/tmp", "--keep-alive-interval", "50ms", "--keep-alive-timeout", "100ms"];
+        crate::config::Args::parse_from(args).h2
+    }
+
+    async fn serve_one(conns: &Connections) -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let conns = conns.clone();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            spawn_h2_connection(&keep_alive_limits(), &conns, tcp, |_req| async {
+                Ok(Response::new(crate::body::empty()))
+            });
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn unanswered_keep_alive_pings_close_the_connection() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let conns = Connections::default();
+        let addr = serve_one(&conns).await;
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        // Client preface and an empty SETTINGS frame, then silence: PINGs go unanswered.
+        tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.expect("preface");
+        tcp.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.expect("settings");
+        let started = Instant::now();
+        let mut buf = [0u8; 4096];
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Ok(n) = tcp.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "a peer that never answers PINGs is disconnected");
+        // One interval (50 ms) to the PING, one timeout (100 ms) waiting for its answer.
+        assert!(started.elapsed() >= Duration::from_millis(140), "{:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn answered_keep_alive_pings_keep_the_connection() {
+        let conns = Connections::default();
+        let addr = serve_one(&conns).await;
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let (sender, conn) = h2::client::handshake(tcp).await.expect("handshake");
+        tokio::spawn(conn);
+        // Ten keep-alive periods: the h2 client answers every PING.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut sender = sender.ready().await.expect("connection still open");
+        let req = Request::builder().uri("http://test/pkg.S/M").body(()).expect("request");
+        let (response, _) = sender.send_request(req, true).expect("stream opened");
+        let response = response.await.expect("response");
+        assert_eq!(response.status(), http::StatusCode::OK);
     }
 
     #[tokio::test]

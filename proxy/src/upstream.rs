@@ -102,10 +102,7 @@ pub enum SendError {
 
 /// Sends `req` on `sender` and waits for the response headers, copying the request
 /// body meanwhile.
-pub async fn send_request(
-    sender: SendRequest<Bytes>,
-    req: Request<ProxyBody>,
-) -> Result<Response<H2Body>, SendError> {
+pub async fn send_request(sender: SendRequest<Bytes>, req: Request<ProxyBody>) -> Result<Response<H2Body>, SendError> {
     let mut sender = match sender.ready().await {
         Ok(s) => s,
         Err(error) => return Err(SendError::Unsent { req: Box::new(req), error }),
