@@ -339,20 +339,28 @@ impl Proxy {
             // Latency samples exclude connection setup: they measure the endpoint.
             let sent_at = Instant::now();
             let sent = upstream::send_request(sender, req);
+            let deadline_passed = |d: Duration| {
+                refuse(
+                    Code::DeadlineExceeded,
+                    "deadline",
+                    format!("no response from {} within grpc-timeout {d:?}", upstream.addr),
+                )
+            };
             let result = match deadline {
                 Some(d) => match tokio::time::timeout(d.saturating_sub(started.elapsed()), sent).await {
                     Ok(r) => r,
-                    Err(_) => {
-                        return Err(refuse(
-                            Code::DeadlineExceeded,
-                            "deadline",
-                            format!("no response from {} within grpc-timeout {d:?}", upstream.addr),
-                        ));
-                    }
+                    Err(_) => return Err(deadline_passed(d)),
                 },
                 None => sent.await,
             };
             match result {
+                // An answer that arrives after the deadline (typically the upstream
+                // enforcing the same grpc-timeout, counted from a moment later than the
+                // proxy's clock, within the same timer tick) is not what the caller is
+                // owed: its deadline has passed, as its own gRPC library would conclude.
+                Ok(_) if deadline.is_some_and(|d| started.elapsed() >= d) => {
+                    return Err(deadline_passed(deadline.unwrap_or_default()));
+                }
                 Ok(resp) => {
                     self.pool.observe_rtt(&upstream, sent_at.elapsed());
                     return Ok((resp, guard));
