@@ -31,15 +31,6 @@ where
     UnsyncBoxBody::new(http_body_util::BodyExt::map_err(body, Into::into))
 }
 
-/// Boxes a body whose errors already are [`BoxError`]s: no error-mapping layer to pass
-/// through on every poll (the proxy's own wrappers, which sit on every call).
-pub fn boxed_unmapped<B>(body: B) -> ProxyBody
-where
-    B: Body<Data = Bytes, Error = BoxError> + Send + 'static,
-{
-    UnsyncBoxBody::new(body)
-}
-
 pub fn empty() -> ProxyBody {
     ProxyBody::default()
 }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod file_source;
 pub mod flood_guard;
 pub mod grpc;
+pub mod h2io;
 pub mod heap;
 pub mod kube_source;
 pub mod pool;

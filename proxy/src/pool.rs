@@ -9,7 +9,7 @@
 //! within about a second, single spikes do not, and outstanding requests still
 //! dominate under concurrency.
 use crate::config::{H2Limits, MAX_H2_WINDOW};
-use crate::upstream::{KeepAlive, UpstreamConnection};
+use crate::upstream::{KeepAliveSettings, UpstreamConnection};
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use foldhash::HashMap;
@@ -259,11 +259,11 @@ impl Pool {
         let n = u.consecutive_failures.fetch_add(1, Ordering::Relaxed).min(16);
         let backoff = MIN_BACKOFF.saturating_mul(1u32 << n.min(10)).min(MAX_BACKOFF);
         u.unhealthy_until_ns.store(self.now_ns() + backoff.as_nanos() as u64, Ordering::Relaxed);
-        u.connection.store(None);
+        self.forget_connection(u);
     }
 
-    /// Stops handing out the endpoint's current connection (the endpoint sent GOAWAY);
-    /// streams already on it finish there, the next request connects anew.
+    /// Stops handing out the endpoint's current connection (it failed, or the endpoint
+    /// sent GOAWAY); streams already on it finish there, the next request connects anew.
     pub fn forget_connection(&self, u: &Upstream) {
         u.connection.store(None);
     }
@@ -309,7 +309,7 @@ impl Pool {
         // PINGs only while requests are in flight: an idle pooled connection costs
         // nothing, and a dead one is found by the next request's connect attempt.
         let weak = Arc::downgrade(u);
-        let keep_alive = KeepAlive {
+        let keep_alive = KeepAliveSettings {
             interval: h2.keep_alive_interval,
             timeout: h2.keep_alive_timeout,
             in_use: move || weak.upgrade().is_some_and(|u| u.pending.load(Ordering::Relaxed) > 0),

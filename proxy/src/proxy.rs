@@ -1,10 +1,11 @@
 //! The request path: route, filter, balance and forward one request.
 use crate::body::{self, CallerBody, ObservedBody, Outcome, ProxyBody, RequestBody};
 use crate::grpc::{self, Code};
+use crate::h2io::H2Body;
 use crate::pool::{Pool, Upstream};
 use crate::state::SharedState;
 use crate::telemetry::{self, CallMetrics, MethodTable, Side};
-use crate::upstream::{self, H2Body, SendError};
+use crate::upstream::{self, SendError};
 use http::{Request, Response, Uri};
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -227,7 +228,7 @@ impl Proxy {
             }
         }
         let deadline = parts.headers.get(grpc::GRPC_TIMEOUT).and_then(grpc::parse_timeout);
-        let req = Request::from_parts(parts, body::boxed_unmapped(body));
+        let req = Request::from_parts(parts, body::boxed(body));
         let forwarded = self.forward(Side::Outbound, req, Destination::Endpoints(&endpoints), deadline, is_grpc).await;
         match forwarded {
             Ok((mut resp, guard)) => {
@@ -275,8 +276,7 @@ impl Proxy {
         }
         let deadline = parts.headers.get(grpc::GRPC_TIMEOUT).and_then(grpc::parse_timeout);
         let request_messages = Arc::new(AtomicU32::new(0));
-        let req =
-            Request::from_parts(parts, body::boxed_unmapped(RequestBody::new(incoming, request_messages.clone())));
+        let req = Request::from_parts(parts, body::boxed(RequestBody::new(incoming, request_messages.clone())));
         match self.forward(side, req, Destination::Address(addr), deadline, is_grpc).await {
             Ok((resp, guard)) => Ok(observe(resp, call, request_messages, guard)),
             Err(refusal) => Ok(self.refused(side, is_grpc, call, refusal)),
@@ -353,14 +353,16 @@ impl Proxy {
                 },
                 None => sent.await,
             };
+            // An answer that arrives after the deadline (typically the upstream
+            // enforcing the same grpc-timeout, counted from a moment later than the
+            // proxy's clock, within the same timer tick) is not what the caller is owed:
+            // its deadline has passed, as its own gRPC library would conclude.
+            if result.is_ok()
+                && let Some(d) = deadline.filter(|d| started.elapsed() >= *d)
+            {
+                return Err(deadline_passed(d));
+            }
             match result {
-                // An answer that arrives after the deadline (typically the upstream
-                // enforcing the same grpc-timeout, counted from a moment later than the
-                // proxy's clock, within the same timer tick) is not what the caller is
-                // owed: its deadline has passed, as its own gRPC library would conclude.
-                Ok(_) if deadline.is_some_and(|d| started.elapsed() >= d) => {
-                    return Err(deadline_passed(deadline.unwrap_or_default()));
-                }
                 Ok(resp) => {
                     self.pool.observe_rtt(&upstream, sent_at.elapsed());
                     return Ok((resp, guard));
@@ -442,7 +444,7 @@ fn observe(
         }),
     )
     .grpc(is_grpc);
-    Response::from_parts(parts, body::boxed_unmapped(body))
+    Response::from_parts(parts, body::boxed(body))
 }
 
 async fn send_mirror(pool: Arc<Pool>, upstream: Arc<Upstream>, req: Request<ProxyBody>) {

@@ -2,7 +2,7 @@
 //! connections, drain on shutdown.
 use crate::body::ProxyBody;
 use crate::config::H2Limits;
-use crate::upstream::{BodyPipe, H2Body};
+use crate::h2io::{BodyPipe, ConnectionError, H2Body, KeepAlive};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body as _;
@@ -235,54 +235,8 @@ struct ServedH2<T, F> {
     conn: h2::server::Connection<T, Bytes>,
     handler: F,
     idle: Option<IdleClock>,
-    keep_alive: Option<ServerKeepAlive>,
-}
-
-struct ServerKeepAlive {
-    pings: h2::PingPong,
-    interval: Duration,
-    timeout: Duration,
-    timer: Pin<Box<tokio::time::Sleep>>,
-    awaiting_pong: bool,
-}
-
-#[derive(Debug, thiserror::Error)]
-enum ServeError {
-    #[error(transparent)]
-    H2(#[from] h2::Error),
-    #[error("no answer to a keep-alive PING within {0:?}")]
-    KeepAliveTimeout(Duration),
-}
-
-impl ServerKeepAlive {
-    /// Ready(Err) when the peer failed to answer in time.
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ServeError>> {
-        loop {
-            if self.awaiting_pong {
-                match self.pings.poll_pong(cx) {
-                    Poll::Ready(Ok(_)) => {
-                        self.awaiting_pong = false;
-                        self.timer.as_mut().reset(Instant::now() + self.interval);
-                        continue;
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
-                    Poll::Pending => {}
-                }
-                return match self.timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(ServeError::KeepAliveTimeout(self.timeout))),
-                    Poll::Pending => Poll::Pending,
-                };
-            }
-            match self.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    self.pings.send_ping(h2::Ping::opaque())?;
-                    self.awaiting_pong = true;
-                    self.timer.as_mut().reset(Instant::now() + self.timeout);
-                }
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-    }
+    /// A listener pings every peer, busy or not: `in_use` is always true.
+    keep_alive: Option<KeepAlive<fn() -> bool>>,
 }
 
 impl<T, F, Fut> Future for ServedH2<T, F>
@@ -291,7 +245,7 @@ where
     F: Fn(Request<H2Body>) -> Fut + Unpin,
     Fut: Future<Output = Handled> + Send + 'static,
 {
-    type Output = Result<(), ServeError>;
+    type Output = Result<(), ConnectionError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
@@ -307,12 +261,10 @@ where
                 Poll::Pending => break,
             }
         }
-        if let Some(keep_alive) = this.keep_alive.as_mut()
-            && let Poll::Ready(Err(e)) = keep_alive.poll(cx)
-        {
-            return Poll::Ready(Err(e));
+        match this.keep_alive.as_mut().map(|k| k.poll_failed(cx)) {
+            Some(Poll::Ready(e)) => Poll::Ready(Err(e)),
+            _ => Poll::Pending,
         }
-        Poll::Pending
     }
 }
 
@@ -322,7 +274,7 @@ where
     F: Fn(Request<H2Body>) -> Fut + Unpin,
     Fut: Future<Output = Handled> + Send + 'static,
 {
-    type Failure = ServeError;
+    type Failure = ConnectionError;
     fn start_graceful_shutdown(mut self: Pin<&mut Self>) {
         self.conn.graceful_shutdown();
     }
@@ -350,7 +302,7 @@ async fn serve_stream<Fut>(
         return;
     };
     let (mut parts, body) = response.into_parts();
-    crate::upstream::strip_connection_headers(&mut parts.headers, false);
+    crate::h2io::strip_connection_headers(&mut parts.headers, false);
     let end_of_stream = body.is_end_stream();
     match respond.send_response(Response::from_parts(parts, ()), end_of_stream) {
         Ok(stream) if !end_of_stream => BodyPipe::new(body, stream, h2::Reason::INTERNAL_ERROR).await,
@@ -378,13 +330,8 @@ where
                 return;
             }
         };
-        let keep_alive = conn.ping_pong().filter(|_| !interval.is_zero()).map(|pings| ServerKeepAlive {
-            pings,
-            interval,
-            timeout,
-            timer: Box::pin(tokio::time::sleep(interval)),
-            awaiting_pong: false,
-        });
+        let always: fn() -> bool = || true;
+        let keep_alive = KeepAlive::new(conn.ping_pong(), interval, timeout, always);
         let served = ServedH2 { conn, handler, idle: idle.clone(), keep_alive };
         conns.run(served, idle).await
     });

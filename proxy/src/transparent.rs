@@ -218,8 +218,8 @@ impl Transparent {
 
     fn serve_h2<F, Fut>(&self, tcp: TcpStream, conns: &Connections, handler: F)
     where
-        F: Fn(Request<crate::upstream::H2Body>) -> Fut + Send + Sync + Unpin + 'static,
-        Fut: std::future::Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
+        F: Fn(Request<crate::h2io::H2Body>) -> Fut + Send + Sync + Unpin + 'static,
+        Fut: std::future::Future<Output = crate::server::Handled> + Send + 'static,
     {
         crate::server::spawn_h2_connection(&self.limits, conns, tcp, handler);
     }
