@@ -49,17 +49,26 @@ pub fn strip_connection_headers(headers: &mut HeaderMap, request: bool) {
 }
 
 /// Copies a body onto an HTTP/2 stream (a request upstream, a response to the client),
-/// honouring the stream's flow control: one frame is pulled from the source only once
-/// the peer grants capacity. A failing source resets the stream with `on_error`.
+/// honouring the stream's flow control: after the first frame, a frame is pulled from
+/// the source only once the peer grants capacity. A failing source resets the stream
+/// with `on_error`.
 pub struct BodyPipe {
     body: ProxyBody,
     stream: SendStream<Bytes>,
     on_error: Reason,
+    /// The first frame is handed to h2 without waiting for capacity. h2 assigns a new
+    /// upstream stream none until its connection task opens the stream, and that task
+    /// flushes as it goes: waiting would send the HEADERS in one write and the first
+    /// DATA frame in a second, waking the upstream twice per unary call. h2 holds the
+    /// frame until capacity arrives and sends it in the same write as the HEADERS.
+    /// Later frames wait for capacity, so at most one frame is ever held ahead, as when
+    /// one capacity unit admitted a whole frame.
+    first_frame: bool,
 }
 
 impl BodyPipe {
     pub fn new(body: ProxyBody, stream: SendStream<Bytes>, on_error: Reason) -> Self {
-        BodyPipe { body, stream, on_error }
+        BodyPipe { body, stream, on_error, first_frame: true }
     }
 }
 
@@ -70,8 +79,10 @@ impl Future for BodyPipe {
         let this = &mut *self;
         loop {
             // Capacity first: pulling a frame the upstream cannot take yet would buffer it.
-            this.stream.reserve_capacity(1);
-            if this.stream.capacity() == 0 {
+            if !this.first_frame {
+                this.stream.reserve_capacity(1);
+            }
+            if !this.first_frame && this.stream.capacity() == 0 {
                 loop {
                     match this.stream.poll_capacity(cx) {
                         Poll::Ready(Some(Ok(0))) => continue,
@@ -113,6 +124,7 @@ impl Future for BodyPipe {
                         if data.is_empty() && !last {
                             continue;
                         }
+                        this.first_frame = false;
                         if this.stream.send_data(data, last).is_err() || last {
                             return Poll::Ready(());
                         }

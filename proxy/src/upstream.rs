@@ -180,6 +180,90 @@ mod tests {
         assert_eq!(collected.to_bytes().as_ref(), payload.as_slice());
     }
 
+    /// Records what each write to the connection carried.
+    struct WriteLog<T> {
+        inner: T,
+        writes: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    }
+
+    impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteLog<T> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteLog<T> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let written = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
+            self.writes.lock().expect("log").push(buf[..written].to_vec());
+            Poll::Ready(Ok(written))
+        }
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            // One write of everything offered, as writev would be.
+            let all: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            self.poll_write(cx, &all)
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    /// (frame type, stream id) of each whole frame in `bytes`.
+    fn frames(bytes: &[u8]) -> Vec<(u8, u32)> {
+        let mut out = Vec::new();
+        let mut rest = bytes;
+        while rest.len() >= 9 {
+            let len = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+            let stream = u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]) & 0x7fff_ffff;
+            out.push((rest[3], stream));
+            rest = &rest[(9 + len).min(rest.len())..];
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn unary_request_leaves_in_one_write() {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        tokio::spawn(echo_server(b, 65_535));
+        let writes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let io = WriteLog { inner: a, writes: writes.clone() };
+        let (sender, conn) = h2::client::handshake(io).await.expect("client handshake");
+        let keep_alive =
+            KeepAliveSettings { interval: Duration::from_secs(60), timeout: Duration::from_secs(5), in_use: || false };
+        let upstream = spawn_connection(conn, sender, keep_alive, "127.0.0.1:1".parse().expect("addr"));
+        let body = crate::body::boxed(http_body_util::Full::new(Bytes::from_static(b"\0\0\0\0\x05hello")));
+        let resp = send_request(upstream.sender.clone(), request(body)).await.expect("response");
+        resp.into_body().collect().await.expect("body");
+        let writes = writes.lock().expect("log");
+        let with_headers = writes
+            .iter()
+            .map(|w| frames(w))
+            .find(|f| f.contains(&(0x1, 1)))
+            .expect("a write carried the request HEADERS");
+        // A new stream gets no send capacity until the connection task opens it; the
+        // first DATA frame must not wait for that in a write of its own (the upstream
+        // would be woken twice for one unary call).
+        assert!(with_headers.contains(&(0x0, 1)), "HEADERS and DATA of stream 1 in one write: {with_headers:?}");
+    }
+
     #[tokio::test]
     async fn empty_body_is_sent_as_end_of_stream() {
         let conn = client(65_535).await;
