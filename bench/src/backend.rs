@@ -62,7 +62,12 @@ pub fn serve(addr: std::net::SocketAddr) -> anyhow::Result<()> {
         let incoming = tonic::transport::server::TcpIncoming::bind(addr)
             .map_err(|e| anyhow::anyhow!("bind {addr}: {e}"))?
             .with_nodelay(Some(true));
-        tonic::transport::Server::builder().add_service(EchoServer::new(Bench)).serve_with_incoming(incoming).await?;
-        Ok(())
+        serve_incoming(incoming).await
     })
+}
+
+/// Serves the Echo service on `incoming` on the current runtime.
+pub async fn serve_incoming(incoming: tonic::transport::server::TcpIncoming) -> anyhow::Result<()> {
+    tonic::transport::Server::builder().add_service(EchoServer::new(Bench)).serve_with_incoming(incoming).await?;
+    Ok(())
 }

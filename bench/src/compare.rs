@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 /// so all paths carry identical request headers.
 pub const AUTHORITY: &str = "echo.bench.svc.cluster.local:50051";
 const NS: &str = "bench";
+/// How long each path's turn lasts in an interleaved low-rate run.
+pub const INTERLEAVE_SLICE: Duration = Duration::from_millis(200);
 
 #[derive(Clone, Debug)]
 pub struct Opts {
@@ -420,6 +422,64 @@ async fn run_point(env: &mut Env, o: &Opts, id: String, w: Workload, mode: Mode,
     Ok(point)
 }
 
+/// The low-rate open-loop points: every path in one constant-rate schedule, taking
+/// turns in `INTERLEAVE_SLICE` stretches (`load::run_open`), once per repeat with the
+/// order rotated. Run one after another, paths met different moments of a noisy
+/// machine: added latencies of ~100 µs moved by tens of µs between rounds.
+async fn run_point_interleaved(
+    env: &mut Env,
+    o: &Opts,
+    id: String,
+    w: Workload,
+    rate: f64,
+    d: Duration,
+) -> Result<Point> {
+    let n = env.paths.len();
+    let mut point = Point {
+        id: id.clone(),
+        workload: w.clone(),
+        mode: Mode::Open { rate },
+        duration: d,
+        samples: vec![Vec::new(); n],
+        merged: (0..n).map(|_| Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("bounds")).collect(),
+    };
+    for rep in 0..o.repeats {
+        let order: Vec<usize> = (0..n).map(|k| (k + rep) % n).collect();
+        let targets: Vec<Target> = order.iter().map(|&p| env.paths[p].target.clone()).collect();
+        let pids: Vec<Vec<u32>> = order.iter().map(|&p| env.path_pids(&env.paths[p])).collect();
+        let bpids = env.procs[env.backend].pids();
+        let c0: Vec<f64> = pids.iter().map(|p| procs::cpu_seconds_all(p)).collect();
+        let b0 = procs::cpu_seconds_all(&bpids);
+        let results = load::run_open(&targets, &w, rate, d, INTERLEAVE_SLICE, o.conns).await?;
+        let c1: Vec<f64> = pids.iter().map(|p| procs::cpu_seconds_all(p)).collect();
+        let b1 = procs::cpu_seconds_all(&bpids);
+        for p in &mut env.procs {
+            p.check_alive()?;
+        }
+        let total_ok: u64 = results.iter().map(|r| r.ok).sum::<u64>().max(1);
+        for (k, r) in results.iter().enumerate() {
+            let path = order[k];
+            // The backend served every path of this run: its CPU is shared out by calls.
+            let backend_share = (b1 - b0) * r.ok as f64 / total_ok as f64;
+            let s = Sample::from(r, c1[k] - c0[k], backend_share);
+            let _ = point.merged[path].add(&r.latency);
+            eprintln!(
+                "  {id:<24} rep {rep} {:<16} p50 {:>8.1} µs  p99 {:>8.1} µs  p99.9 {:>8.1} µs  {:>8.0} rps  err {}{}",
+                env.paths[path].name,
+                s.p50,
+                s.p99,
+                s.p999,
+                s.rps,
+                s.errors,
+                s.first_error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
+            );
+            point.samples[path].push(s);
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    Ok(point)
+}
+
 /// h2load against the direct backend, side by side with our closed loop at the same
 /// connections × concurrency. Returns JSON with both.
 async fn h2load_check(env: &mut Env, o: &Opts) -> Result<Value> {
@@ -566,8 +626,16 @@ pub async fn run(o: Opts) -> Result<Value> {
     ];
     for (w, rate) in specs {
         let id = format!("{}@{}rps", w.name, rate as u64);
-        eprintln!("== {id} (open loop, {} × {:?})", o.repeats, o.duration);
-        points.push(run_point(&mut env, &o, id, w, Mode::Open { rate }, o.duration).await?);
+        if rate == o.low_rate {
+            eprintln!(
+                "== {id} (open loop, {} × {:?} per path, paths taking {:?} turns)",
+                o.repeats, o.duration, INTERLEAVE_SLICE
+            );
+            points.push(run_point_interleaved(&mut env, &o, id, w, rate, o.duration).await?);
+        } else {
+            eprintln!("== {id} (open loop, {} × {:?})", o.repeats, o.duration);
+            points.push(run_point(&mut env, &o, id, w, Mode::Open { rate }, o.duration).await?);
+        }
     }
     eprintln!("== h2load cross-check (direct backend)");
     let h2 = h2load_check(&mut env, &o).await?;

@@ -237,85 +237,180 @@ async fn timed_call(send: SendRequest<Bytes>, uri: &str, w: &Workload) -> Result
 
 /// Runs `w` against `target` for `duration` in `mode` over `conns` connections.
 pub async fn run(target: &Target, w: &Workload, mode: Mode, duration: Duration, conns: usize) -> Result<RunResult> {
-    let pool = Arc::new(Conns::connect(target, conns).await?);
-    let uri: Arc<str> = format!("{}{}", pool.uri_prefix, w.path).into();
-    let shared = Shared::new();
-    let mut send_lag = new_hist();
-    let started;
-    let elapsed;
     match mode {
         Mode::Open { rate } => {
-            if rate.is_nan() || rate <= 0.0 {
-                bail!("rate must be positive");
+            let mut results = run_open(std::slice::from_ref(target), w, rate, duration, duration, conns).await?;
+            results.pop().ok_or_else(|| anyhow!("no result"))
+        }
+        Mode::Closed { concurrency } => run_closed(target, w, concurrency, duration, conns).await,
+    }
+}
+
+/// Open loop at `rate` over several targets in turn, `per_target` of schedule each:
+/// consecutive `slice`-long stretches of one constant-rate schedule go to the targets
+/// in rotation (one target at a time, so they never compete), and slow drifts of the
+/// machine (other tenants, CPU frequency) fall on every target alike instead of on
+/// whichever ran during them. One result per target, in order.
+pub async fn run_open(
+    targets: &[Target],
+    w: &Workload,
+    rate: f64,
+    per_target: Duration,
+    slice: Duration,
+    conns: usize,
+) -> Result<Vec<RunResult>> {
+    if rate.is_nan() || rate <= 0.0 {
+        bail!("rate must be positive");
+    }
+    if targets.is_empty() {
+        bail!("no targets");
+    }
+    let mut pools = Vec::with_capacity(targets.len());
+    for target in targets {
+        let pool = Conns::connect(target, conns).await?;
+        let uri: Arc<str> = format!("{}{}", pool.uri_prefix, w.path).into();
+        pools.push((pool, uri, Shared::new()));
+    }
+    let n = targets.len() as u64;
+    let mut send_lag = new_hist();
+    let duration = per_target * n as u32;
+    let total = (rate * duration.as_secs_f64()).ceil() as u64;
+    let per_slice = ((rate * slice.as_secs_f64()).round() as u64).max(1);
+    let interval_ns = 1e9 / rate;
+    let started = Instant::now() + Duration::from_millis(5);
+    let hard_end = started + duration + Duration::from_secs(2);
+    for i in 0..total {
+        let (pool, uri, shared) = &pools[((i / per_slice) % n) as usize];
+        let intended = started + Duration::from_nanos((i as f64 * interval_ns) as u64);
+        pace_until(intended).await;
+        let now = Instant::now();
+        if now > hard_end {
+            // The generator itself fell behind by seconds: the rest counts as lost.
+            for k in i..total {
+                pools[((k / per_slice) % n) as usize].2.errors.fetch_add(1, Ordering::Relaxed);
             }
-            let total = (rate * duration.as_secs_f64()).ceil() as u64;
-            let interval_ns = 1e9 / rate;
-            started = Instant::now() + Duration::from_millis(5);
-            let hard_end = started + duration + Duration::from_secs(2);
-            for i in 0..total {
-                let intended = started + Duration::from_nanos((i as f64 * interval_ns) as u64);
-                pace_until(intended).await;
-                let now = Instant::now();
-                if now > hard_end {
-                    // The generator itself fell behind by seconds: the rest counts as lost.
-                    shared.errors.fetch_add(total - i, Ordering::Relaxed);
-                    break;
-                }
-                send_lag.saturating_record((now - intended).as_nanos() as u64);
-                if shared.in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT {
-                    shared.record(Err(anyhow!("more than {MAX_IN_FLIGHT} calls in flight")), Duration::ZERO);
-                    continue;
-                }
-                shared.in_flight.fetch_add(1, Ordering::Relaxed);
-                let (send, uri, w, shared) = (pool.sender(i), uri.clone(), w.clone(), shared.clone());
-                tokio::spawn(async move {
-                    let r = timed_call(send, &uri, &w).await;
-                    shared.record(r, intended.elapsed());
-                    shared.in_flight.fetch_sub(1, Ordering::Relaxed);
-                });
-            }
-            let drain_deadline = Instant::now() + DRAIN_TIMEOUT;
-            while shared.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < drain_deadline {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            elapsed = started.elapsed().min(duration + DRAIN_TIMEOUT);
+            break;
+        }
+        send_lag.saturating_record((now - intended).as_nanos() as u64);
+        if shared.in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT {
+            shared.record(Err(anyhow!("more than {MAX_IN_FLIGHT} calls in flight")), Duration::ZERO);
+            continue;
+        }
+        shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        let (send, uri, w, shared) = (pool.sender(i), uri.clone(), w.clone(), shared.clone());
+        tokio::spawn(async move {
+            let r = timed_call(send, &uri, &w).await;
+            shared.record(r, intended.elapsed());
+            shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+    let in_flight = || pools.iter().map(|(_, _, s)| s.in_flight.load(Ordering::Relaxed)).sum::<u64>();
+    let drain_deadline = Instant::now() + DRAIN_TIMEOUT;
+    while in_flight() > 0 && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Each target was called for its share of the whole run.
+    let elapsed = started.elapsed().min(duration + DRAIN_TIMEOUT) / n as u32;
+    Ok(pools
+        .into_iter()
+        .map(|(_, _, shared)| {
             let stuck = shared.in_flight.load(Ordering::Relaxed);
             shared.errors.fetch_add(stuck, Ordering::Relaxed);
-        }
-        Mode::Closed { concurrency } => {
-            started = Instant::now();
-            let end = started + duration;
-            let mut workers = Vec::new();
-            for k in 0..concurrency.max(1) {
-                let (pool, uri, w, shared) = (pool.clone(), uri.clone(), w.clone(), shared.clone());
-                workers.push(tokio::spawn(async move {
-                    let mut i = k as u64;
-                    // Bounded: at most duration / (1 µs) iterations, and by the clock.
-                    for _ in 0..(duration.as_micros() as u64).max(1) {
-                        let t = Instant::now();
-                        if t >= end {
-                            break;
-                        }
-                        let r = timed_call(pool.sender(i), &uri, &w).await;
-                        shared.record(r, t.elapsed());
-                        i += concurrency as u64;
-                    }
-                }));
-            }
-            for wk in workers {
-                let _ = wk.await;
-            }
-            elapsed = started.elapsed();
-        }
-    }
-    let latency = shared.latency.lock().map(|h| h.clone()).unwrap_or_else(|_| new_hist());
-    let first_error = shared.first_error.lock().ok().and_then(|f| f.clone());
-    Ok(RunResult {
-        latency,
+            result(&shared, send_lag.clone(), elapsed)
+        })
+        .collect())
+}
+
+fn result(shared: &Shared, send_lag: Histogram<u64>, elapsed: Duration) -> RunResult {
+    RunResult {
+        latency: shared.latency.lock().map(|h| h.clone()).unwrap_or_else(|_| new_hist()),
         send_lag,
         ok: shared.ok.load(Ordering::Relaxed),
         errors: shared.errors.load(Ordering::Relaxed),
         elapsed,
-        first_error,
-    })
+        first_error: shared.first_error.lock().ok().and_then(|f| f.clone()),
+    }
+}
+
+async fn run_closed(
+    target: &Target,
+    w: &Workload,
+    concurrency: usize,
+    duration: Duration,
+    conns: usize,
+) -> Result<RunResult> {
+    let pool = Arc::new(Conns::connect(target, conns).await?);
+    let uri: Arc<str> = format!("{}{}", pool.uri_prefix, w.path).into();
+    let shared = Shared::new();
+    let started = Instant::now();
+    let end = started + duration;
+    let mut workers = Vec::new();
+    for k in 0..concurrency.max(1) {
+        let (pool, uri, w, shared) = (pool.clone(), uri.clone(), w.clone(), shared.clone());
+        workers.push(tokio::spawn(async move {
+            let mut i = k as u64;
+            // Bounded: at most duration / (1 µs) iterations, and by the clock.
+            for _ in 0..(duration.as_micros() as u64).max(1) {
+                let t = Instant::now();
+                if t >= end {
+                    break;
+                }
+                let r = timed_call(pool.sender(i), &uri, &w).await;
+                shared.record(r, t.elapsed());
+                i += concurrency as u64;
+            }
+        }));
+    }
+    for wk in workers {
+        let _ = wk.await;
+    }
+    Ok(result(&shared, new_hist(), started.elapsed()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn backend() -> Target {
+        let incoming = tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind")
+            .with_nodelay(Some(true));
+        let addr = incoming.local_addr().expect("local addr");
+        tokio::spawn(crate::backend::serve_incoming(incoming));
+        Target { addr, authority: "echo.test:50051".into() }
+    }
+
+    #[tokio::test]
+    async fn interleaved_run_gives_each_target_its_share_of_one_schedule() {
+        let targets = vec![backend().await, backend().await, backend().await];
+        let w = Workload::unary("unary_100B", 100);
+        let (rate, per_target) = (400.0, Duration::from_millis(500));
+        let t0 = Instant::now();
+        let results =
+            run_open(&targets, &w, rate, per_target, Duration::from_millis(50), 1).await.expect("interleaved run");
+        let wall = t0.elapsed();
+        assert_eq!(results.len(), 3);
+        for r in &results {
+            // 400/s × 1.5 s = 600 calls in 20-call turns: 200 each, none lost.
+            assert_eq!((r.ok, r.errors), (200, 0), "first error: {:?}", r.first_error);
+            assert!(r.latency.len() == 200);
+        }
+        // One schedule at the given rate, not one per target in parallel or in a row
+        // at three times the rate.
+        assert!(wall >= Duration::from_millis(1400), "the schedule took {wall:?}");
+    }
+
+    #[tokio::test]
+    async fn open_loop_rejects_a_rate_that_is_not_positive() {
+        let target = Target { addr: "127.0.0.1:9".parse().expect("addr"), authority: "x".into() };
+        let w = Workload::unary("unary_100B", 100);
+        for rate in [0.0, -1.0, f64::NAN] {
+            let err =
+                run_open(std::slice::from_ref(&target), &w, rate, Duration::from_secs(1), Duration::from_secs(1), 1)
+                    .await
+                    .err()
+                    .expect("rejected");
+            assert!(err.to_string().contains("rate must be positive"), "{err}");
+        }
+    }
 }

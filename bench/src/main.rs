@@ -132,10 +132,11 @@ enum Cmd {
         #[arg(long)]
         haproxy_listen: std::net::SocketAddr,
     },
-    /// One generator run (demo Echo service) against `--addr`.
+    /// One generator run (demo Echo service) against `--addr`; several `--addr`s (open
+    /// loop only) take turns in `--slice-ms` stretches of one schedule, one line each.
     Load {
-        #[arg(long)]
-        addr: std::net::SocketAddr,
+        #[arg(long, required = true)]
+        addr: Vec<std::net::SocketAddr>,
         #[arg(long, default_value = compare::AUTHORITY)]
         authority: String,
         /// unary_100B | unary_16KiB | stream_10x100B
@@ -150,6 +151,9 @@ enum Cmd {
         duration: f64,
         #[arg(long, default_value_t = 1)]
         conns: usize,
+        /// With several `--addr`s: how long each one's turn lasts.
+        #[arg(long, default_value_t = 200)]
+        slice_ms: u64,
     },
 }
 
@@ -256,34 +260,43 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Backend { .. } => unreachable!("handled in main"),
         Cmd::Configs { dir, backend, haproxy_listen } => compare::write_configs(&dir, backend, haproxy_listen)?,
-        Cmd::Load { addr, authority, workload, rate, concurrency, duration, conns } => {
+        Cmd::Load { addr, authority, workload, rate, concurrency, duration, conns, slice_ms } => {
             let w = match workload.as_str() {
                 "unary_100B" => load::Workload::unary("unary_100B", 100),
                 "unary_16KiB" => load::Workload::unary("unary_16KiB", 16 * 1024),
                 "stream_10x100B" => load::Workload::stream("stream_10x100B", 100, 10),
                 other => anyhow::bail!("unknown workload {other}"),
             };
-            let mode = match rate {
-                Some(rate) => load::Mode::Open { rate },
-                None => load::Mode::Closed { concurrency },
-            };
-            let r = load::run(&load::Target { addr, authority }, &w, mode, Duration::from_secs_f64(duration), conns)
-                .await
-                .context("load run")?;
-            let h = &r.latency;
-            println!(
-                "ok {} errors {} rps {:.0} | p50 {:.1} p90 {:.1} p99 {:.1} p99.9 {:.1} max {:.1} µs | send lag p99 {:.1} µs{}",
-                r.ok,
-                r.errors,
-                r.throughput(),
-                h.value_at_quantile(0.5) as f64 / 1e3,
-                h.value_at_quantile(0.9) as f64 / 1e3,
-                h.value_at_quantile(0.99) as f64 / 1e3,
-                h.value_at_quantile(0.999) as f64 / 1e3,
-                h.max() as f64 / 1e3,
-                r.send_lag.value_at_quantile(0.99) as f64 / 1e3,
-                r.first_error.map(|e| format!(" | first error: {e}")).unwrap_or_default()
-            );
+            let duration = Duration::from_secs_f64(duration);
+            let targets: Vec<load::Target> =
+                addr.into_iter().map(|addr| load::Target { addr, authority: authority.clone() }).collect();
+            let results = match (rate, targets.as_slice()) {
+                (Some(rate), _) => {
+                    load::run_open(&targets, &w, rate, duration, Duration::from_millis(slice_ms.max(1)), conns).await
+                }
+                (None, [target]) => {
+                    load::run(target, &w, load::Mode::Closed { concurrency }, duration, conns).await.map(|r| vec![r])
+                }
+                (None, _) => anyhow::bail!("several --addr need --rate (open loop)"),
+            }
+            .context("load run")?;
+            for (target, r) in targets.iter().zip(results) {
+                let h = &r.latency;
+                println!(
+                    "{}ok {} errors {} rps {:.0} | p50 {:.1} p90 {:.1} p99 {:.1} p99.9 {:.1} max {:.1} µs | send lag p99 {:.1} µs{}",
+                    if targets.len() > 1 { format!("{} ", target.addr) } else { String::new() },
+                    r.ok,
+                    r.errors,
+                    r.throughput(),
+                    h.value_at_quantile(0.5) as f64 / 1e3,
+                    h.value_at_quantile(0.9) as f64 / 1e3,
+                    h.value_at_quantile(0.99) as f64 / 1e3,
+                    h.value_at_quantile(0.999) as f64 / 1e3,
+                    h.max() as f64 / 1e3,
+                    r.send_lag.value_at_quantile(0.99) as f64 / 1e3,
+                    r.first_error.map(|e| format!(" | first error: {e}")).unwrap_or_default()
+                );
+            }
         }
     }
     Ok(())

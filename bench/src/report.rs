@@ -142,6 +142,7 @@ pub fn build_json(
             "quick": o.quick, "repeats": o.repeats, "open_loop_seconds": o.duration.as_secs_f64(),
             "saturation_seconds": o.sat_duration.as_secs_f64(), "saturation_in_flight": o.concurrency,
             "client_connections": o.conns, "low_rate_rps": o.low_rate, "high_rate_rps": high_rate,
+            "interleave_slice_ms": crate::compare::INTERLEAVE_SLICE.as_millis() as u64,
             "high_rate_fraction_of_slowest_saturation": o.high_fraction,
             "generator_cpus": o.gen_cpus, "server_cpus": o.server_cpus,
         },
@@ -201,9 +202,11 @@ pub fn markdown(r: &Value) -> String {
     ));
     out.push_str(&format!(
         "- {} repeats per point, paths interleaved per repeat (order rotated); open loop {} s per run, saturation {} s per run \
-         ({} calls in flight); {} client HTTP/2 connection(s); cells are **median [min–max] over repeats**; \"added\" is paired per \
-         repeat (path − direct in the same round); {}\n",
-        s["repeats"], s["open_loop_seconds"], s["saturation_seconds"], s["saturation_in_flight"], s["client_connections"],
+         ({} calls in flight); at the low rate ({} rps) all paths share one schedule per repeat, taking turns in {} ms slices, \
+         so a slow stretch of the machine falls on every path alike; {} client HTTP/2 connection(s); cells are **median \
+         [min–max] over repeats**; \"added\" is paired per repeat (path − direct in the same round); {}\n",
+        s["repeats"], s["open_loop_seconds"], s["saturation_seconds"], s["saturation_in_flight"], s["low_rate_rps"],
+        s["interleave_slice_ms"], s["client_connections"],
         if s["quick"].as_bool() == Some(true) { "**BENCH_QUICK=1 (short runs, indicative only)**" } else { "full run" },
     ));
     out.push_str("- latency is measured from the *intended* send time of a constant-rate schedule (coordinated omission corrected), to the end of the response (trailers)\n\n");
