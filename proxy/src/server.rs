@@ -304,42 +304,10 @@ async fn serve_stream<Fut>(
     let (mut parts, body) = response.into_parts();
     crate::h2io::strip_connection_headers(&mut parts.headers, false);
     let end_of_stream = body.is_end_stream();
-    let mut pipe = match respond.send_response(Response::from_parts(parts, ()), end_of_stream) {
-        Ok(stream) if !end_of_stream => BodyPipe::new(body, stream, h2::Reason::INTERNAL_ERROR),
-        Ok(_) => return,
-        Err(error) => {
-            tracing::debug!(%error, "response not sent");
-            return;
-        }
-    };
-    (&mut pipe).await;
-    // The response is queued on the connection, whose task is already woken; the
-    // call's bookkeeping (metrics, releasing the upstream stream) runs when `pipe` is
-    // dropped. Doing that after the connection has written the response keeps it off
-    // the caller's latency.
-    AfterQueuedTasks::default().await;
-    drop(pipe);
-}
-
-/// Ready on its second poll: the first wakes its own task, which puts it behind every
-/// task already queued (the connection writing this response). Unlike
-/// `tokio::task::yield_now`, which defers the wake-up until after the runtime has polled
-/// for I/O, it costs no extra `epoll_wait`.
-#[derive(Default)]
-struct AfterQueuedTasks {
-    yielded: bool,
-}
-
-impl Future for AfterQueuedTasks {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
-        if self.yielded {
-            return Poll::Ready(());
-        }
-        self.yielded = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
+    match respond.send_response(Response::from_parts(parts, ()), end_of_stream) {
+        Ok(stream) if !end_of_stream => BodyPipe::new(body, stream, h2::Reason::INTERNAL_ERROR).await,
+        Ok(_) => {}
+        Err(error) => tracing::debug!(%error, "response not sent"),
     }
 }
 
