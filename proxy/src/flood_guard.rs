@@ -221,8 +221,40 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for FloodGuard<T> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 
-    // No poll_write_vectored: hyper then writes its buffers one by one, and every byte
-    // that reaches the socket passes the frame cursor above.
+    // Vectored writes pass through: h2 chains a large DATA payload behind the buffer
+    // holding frame headers, and without writev each part took a syscall of its own.
+    // Every byte written still passes the frame cursor, slice by slice.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.goaway.is_some() && this.outbound.at_frame_boundary() {
+            ready!(this.poll_write_goaway(cx))?;
+            return Poll::Ready(Err(Self::flood_error()));
+        }
+        let n = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, bufs))?;
+        let pings = &mut this.pings;
+        let mut unfed = n;
+        for buf in bufs {
+            if unfed == 0 {
+                break;
+            }
+            let written = unfed.min(buf.len());
+            this.outbound.feed(&buf[..written], |h| {
+                if matches!(h[3], TYPE_DATA | TYPE_HEADERS) {
+                    pings.reset();
+                }
+            });
+            unfed -= written;
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }
 
 #[cfg(test)]
@@ -300,6 +332,29 @@ mod tests {
                 got += guard.read(&mut sink).await.expect("not a flood");
             }
         }
+    }
+
+    #[tokio::test]
+    async fn vectored_writes_reach_the_socket_whole_and_pass_the_cursor() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
+        let (mut peer, _) = listener.accept().await.expect("accept");
+        let mut guard = FloodGuard::new(client, 10);
+        assert!(guard.is_write_vectored(), "a TCP socket takes writev");
+        // Two frames cut across three slices, as h2 hands them over: headers and a
+        // small frame in one buffer, a DATA payload in another.
+        let mut headers = frame(TYPE_HEADERS, 0x4, 1, &[7; 20]);
+        let data = frame(TYPE_DATA, 0x1, 1, &[5; 3000]);
+        headers.extend_from_slice(&data[..9]);
+        let slices = [io::IoSlice::new(&headers[..12]), io::IoSlice::new(&headers[12..]), io::IoSlice::new(&data[9..])];
+        let total: usize = slices.iter().map(|s| s.len()).sum();
+        let written = guard.write_vectored(&slices).await.expect("writev");
+        assert_eq!(written, total, "one write carried every slice");
+        assert!(guard.outbound.at_frame_boundary(), "the cursor followed both frames");
+        let mut out = vec![0u8; total];
+        peer.read_exact(&mut out).await.expect("read");
+        assert_eq!(&out[..29], &headers[..29]);
+        assert_eq!(&out[29..], &data[..]);
     }
 
     #[tokio::test]
