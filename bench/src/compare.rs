@@ -104,6 +104,35 @@ pub struct Point {
     pub merged: Vec<Histogram<u64>>,
 }
 
+impl Point {
+    fn new(id: String, workload: Workload, mode: Mode, duration: Duration, paths: usize) -> Self {
+        Point {
+            id,
+            workload,
+            mode,
+            duration,
+            samples: vec![Vec::new(); paths],
+            merged: (0..paths).map(|_| Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("bounds")).collect(),
+        }
+    }
+
+    /// Keeps one repeat's sample and latencies of `path`, and logs the line.
+    fn record(&mut self, path: usize, name: &str, rep: usize, s: Sample, latency: &Histogram<u64>) {
+        let _ = self.merged[path].add(latency);
+        eprintln!(
+            "  {:<24} rep {rep} {name:<16} p50 {:>8.1} µs  p99 {:>8.1} µs  p99.9 {:>8.1} µs  {:>8.0} rps  err {}{}",
+            self.id,
+            s.p50,
+            s.p99,
+            s.p999,
+            s.rps,
+            s.errors,
+            s.first_error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
+        );
+        self.samples[path].push(s);
+    }
+}
+
 pub struct Env {
     pub procs: Vec<Proc>,
     pub backend: usize,
@@ -391,31 +420,13 @@ async fn measure(
 
 async fn run_point(env: &mut Env, o: &Opts, id: String, w: Workload, mode: Mode, d: Duration) -> Result<Point> {
     let n = env.paths.len();
-    let mut point = Point {
-        id: id.clone(),
-        workload: w.clone(),
-        mode,
-        duration: d,
-        samples: vec![Vec::new(); n],
-        merged: (0..n).map(|_| Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("bounds")).collect(),
-    };
+    let mut point = Point::new(id, w.clone(), mode, d, n);
     for rep in 0..o.repeats {
         for k in 0..n {
             // Rotate the order per repeat so no path always runs first or last.
             let path = (k + rep) % n;
             let (s, h) = measure(env, path, &w, mode, d, o.conns).await?;
-            let _ = point.merged[path].add(&h);
-            eprintln!(
-                "  {id:<24} rep {rep} {:<16} p50 {:>8.1} µs  p99 {:>8.1} µs  p99.9 {:>8.1} µs  {:>8.0} rps  err {}{}",
-                env.paths[path].name,
-                s.p50,
-                s.p99,
-                s.p999,
-                s.rps,
-                s.errors,
-                s.first_error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
-            );
-            point.samples[path].push(s);
+            point.record(path, env.paths[path].name, rep, s, &h);
             tokio::time::sleep(Duration::from_millis(150)).await;
         }
     }
@@ -435,14 +446,7 @@ async fn run_point_interleaved(
     d: Duration,
 ) -> Result<Point> {
     let n = env.paths.len();
-    let mut point = Point {
-        id: id.clone(),
-        workload: w.clone(),
-        mode: Mode::Open { rate },
-        duration: d,
-        samples: vec![Vec::new(); n],
-        merged: (0..n).map(|_| Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("bounds")).collect(),
-    };
+    let mut point = Point::new(id, w.clone(), Mode::Open { rate }, d, n);
     for rep in 0..o.repeats {
         let order: Vec<usize> = (0..n).map(|k| (k + rep) % n).collect();
         let targets: Vec<Target> = order.iter().map(|&p| env.paths[p].target.clone()).collect();
@@ -462,18 +466,7 @@ async fn run_point_interleaved(
             // The backend served every path of this run: its CPU is shared out by calls.
             let backend_share = (b1 - b0) * r.ok as f64 / total_ok as f64;
             let s = Sample::from(r, c1[k] - c0[k], backend_share);
-            let _ = point.merged[path].add(&r.latency);
-            eprintln!(
-                "  {id:<24} rep {rep} {:<16} p50 {:>8.1} µs  p99 {:>8.1} µs  p99.9 {:>8.1} µs  {:>8.0} rps  err {}{}",
-                env.paths[path].name,
-                s.p50,
-                s.p99,
-                s.p999,
-                s.rps,
-                s.errors,
-                s.first_error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
-            );
-            point.samples[path].push(s);
+            point.record(path, env.paths[path].name, rep, s, &r.latency);
         }
         tokio::time::sleep(Duration::from_millis(150)).await;
     }

@@ -168,8 +168,29 @@ impl<T: AsyncRead + AsyncWrite + Unpin> FloodGuard<T> {
         Poll::Ready(Ok(()))
     }
 
+    /// Before a write: once a flood was seen and our output is between frames, the
+    /// GOAWAY goes out and the write fails instead.
+    fn poll_goaway_instead_of_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.goaway.is_some() && self.outbound.at_frame_boundary() {
+            ready!(self.poll_write_goaway(cx))?;
+            return Poll::Ready(Err(Self::flood_error()));
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Follows bytes that reached the socket: our DATA or HEADERS makes the peer's
+    /// next PINGs legitimate (BDP probes answer our data).
+    fn wrote(&mut self, bytes: &[u8]) {
+        let pings = &mut self.pings;
+        self.outbound.feed(bytes, |h| {
+            if matches!(h[3], TYPE_DATA | TYPE_HEADERS) {
+                pings.reset();
+            }
+        });
+    }
+
     /// After a flood: GOAWAY if our output is between frames, then the error that makes
-    /// hyper close the connection.
+    /// the connection close.
     fn poll_end(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.outbound.at_frame_boundary() {
             ready!(self.poll_write_goaway(cx))?;
@@ -199,17 +220,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for FloodGuard<T> {
 impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for FloodGuard<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        if this.goaway.is_some() && this.outbound.at_frame_boundary() {
-            ready!(this.poll_write_goaway(cx))?;
-            return Poll::Ready(Err(Self::flood_error()));
-        }
+        ready!(this.poll_goaway_instead_of_write(cx))?;
         let n = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
-        let pings = &mut this.pings;
-        this.outbound.feed(&buf[..n], |h| {
-            if matches!(h[3], TYPE_DATA | TYPE_HEADERS) {
-                pings.reset();
-            }
-        });
+        this.wrote(&buf[..n]);
         Poll::Ready(Ok(n))
     }
 
@@ -230,23 +243,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for FloodGuard<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        if this.goaway.is_some() && this.outbound.at_frame_boundary() {
-            ready!(this.poll_write_goaway(cx))?;
-            return Poll::Ready(Err(Self::flood_error()));
-        }
+        ready!(this.poll_goaway_instead_of_write(cx))?;
         let n = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, bufs))?;
-        let pings = &mut this.pings;
         let mut unfed = n;
         for buf in bufs {
             if unfed == 0 {
                 break;
             }
             let written = unfed.min(buf.len());
-            this.outbound.feed(&buf[..written], |h| {
-                if matches!(h[3], TYPE_DATA | TYPE_HEADERS) {
-                    pings.reset();
-                }
-            });
+            this.wrote(&buf[..written]);
             unfed -= written;
         }
         Poll::Ready(Ok(n))
