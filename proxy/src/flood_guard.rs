@@ -172,8 +172,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> FloodGuard<T> {
     /// GOAWAY goes out and the write fails instead.
     fn poll_goaway_instead_of_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.goaway.is_some() && self.outbound.at_frame_boundary() {
-            ready!(self.poll_write_goaway(cx))?;
-            return Poll::Ready(Err(Self::flood_error()));
+            return self.poll_end(cx);
         }
         Poll::Ready(Ok(()))
     }

@@ -81,32 +81,19 @@ impl Future for BodyPipe {
             // Capacity first: pulling a frame the upstream cannot take yet would buffer it.
             if !this.first_frame {
                 this.stream.reserve_capacity(1);
-            }
-            if !this.first_frame && this.stream.capacity() == 0 {
-                loop {
+                while this.stream.capacity() == 0 {
                     match this.stream.poll_capacity(cx) {
-                        Poll::Ready(Some(Ok(0))) => continue,
-                        Poll::Ready(Some(Ok(_))) => break,
+                        Poll::Ready(Some(Ok(_))) => {}
                         // The stream was reset or the connection failed.
                         Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(()),
-                        Poll::Pending => {
-                            return match this.stream.poll_reset(cx) {
-                                Poll::Ready(_) => Poll::Ready(()),
-                                Poll::Pending => Poll::Pending,
-                            };
-                        }
+                        Poll::Pending => return this.stream.poll_reset(cx).map(|_| ()),
                     }
                 }
             }
             let frame = match Pin::new(&mut this.body).poll_frame(cx) {
                 Poll::Ready(f) => f,
-                Poll::Pending => {
-                    // Waiting on the caller; stop early if the upstream resets the stream.
-                    return match this.stream.poll_reset(cx) {
-                        Poll::Ready(_) => Poll::Ready(()),
-                        Poll::Pending => Poll::Pending,
-                    };
-                }
+                // Waiting on the caller; stop early if the upstream resets the stream.
+                Poll::Pending => return this.stream.poll_reset(cx).map(|_| ()),
             };
             match frame {
                 None => {
@@ -258,6 +245,14 @@ impl<F: Fn() -> bool> KeepAlive<F> {
             self.timer.as_mut().reset(Instant::now() + self.timeout);
         }
     }
+}
+
+/// Polls an optional keep-alive beside its connection: Pending when keep-alive is off.
+pub fn poll_keep_alive<F: Fn() -> bool>(
+    keep_alive: &mut Option<KeepAlive<F>>,
+    cx: &mut Context<'_>,
+) -> Poll<ConnectionError> {
+    keep_alive.as_mut().map_or(Poll::Pending, |k| k.poll_failed(cx))
 }
 
 #[cfg(test)]

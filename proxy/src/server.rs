@@ -261,10 +261,7 @@ where
                 Poll::Pending => break,
             }
         }
-        match this.keep_alive.as_mut().map(|k| k.poll_failed(cx)) {
-            Some(Poll::Ready(e)) => Poll::Ready(Err(e)),
-            _ => Poll::Pending,
-        }
+        crate::h2io::poll_keep_alive(&mut this.keep_alive, cx).map(Err)
     }
 }
 

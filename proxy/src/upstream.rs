@@ -8,7 +8,7 @@
 //! body inline while it waits for the response headers, and only a request body still
 //! streaming when the response starts (client or bidi streaming) gets a task of its own.
 use crate::body::ProxyBody;
-use crate::h2io::{BodyPipe, ConnectionError, H2Body, KeepAlive, strip_connection_headers};
+use crate::h2io::{BodyPipe, ConnectionError, H2Body, KeepAlive, poll_keep_alive, strip_connection_headers};
 use bytes::Bytes;
 use h2::Reason;
 use h2::client::SendRequest;
@@ -61,10 +61,7 @@ where
             if let Poll::Ready(r) = Pin::new(&mut conn).poll(cx) {
                 return Poll::Ready(r.map_err(ConnectionError::from));
             }
-            match keep_alive.as_mut().map(|k| k.poll_failed(cx)) {
-                Some(Poll::Ready(e)) => Poll::Ready(Err(e)),
-                _ => Poll::Pending,
-            }
+            poll_keep_alive(&mut keep_alive, cx).map(Err)
         })
         .await;
         closed_by_task.store(true, Ordering::Release);
