@@ -229,7 +229,7 @@ impl Proxy {
         }
         let deadline = parts.headers.get(grpc::GRPC_TIMEOUT).and_then(grpc::parse_timeout);
         let req = Request::from_parts(parts, body::boxed(body));
-        let forwarded = self.forward(Side::Outbound, req, Destination::Endpoints(&endpoints), deadline, is_grpc).await;
+        let forwarded = self.forward(Side::Outbound, req, Destination::Endpoints(&endpoints), deadline).await;
         match forwarded {
             Ok((mut resp, guard)) => {
                 if let Some(f) = &routed.rule.response_header_modifier {
@@ -277,7 +277,7 @@ impl Proxy {
         let deadline = parts.headers.get(grpc::GRPC_TIMEOUT).and_then(grpc::parse_timeout);
         let request_messages = Arc::new(AtomicU32::new(0));
         let req = Request::from_parts(parts, body::boxed(RequestBody::new(incoming, request_messages.clone())));
-        match self.forward(side, req, Destination::Address(addr), deadline, is_grpc).await {
+        match self.forward(side, req, Destination::Address(addr), deadline).await {
             Ok((resp, guard)) => Ok(observe(resp, call, request_messages, guard)),
             Err(refusal) => Ok(self.refused(side, is_grpc, call, refusal)),
         }
@@ -291,9 +291,7 @@ impl Proxy {
         mut req: Request<ProxyBody>,
         destination: Destination<'_>,
         deadline: Option<Duration>,
-        is_grpc: bool,
     ) -> Result<(Response<H2Body>, crate::pool::PendingGuard), Refusal> {
-        let _ = is_grpc;
         let started = Instant::now();
         self.retry_budget.deposit(started);
         let mut exclude = None;
