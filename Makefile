@@ -61,7 +61,7 @@ cluster: tools
 # bench-scale: only the scale test (10k Services, 50k endpoints, 1k GRPCRoutes).
 # bench-instructions: instructions per proxied call under callgrind, Strait vs HAProxy
 #              (stable to ~0.2%: use it to judge request-path changes; CONC=64 for the
-#              saturation case).
+#              saturation case; WORKLOAD=unary_16KiB or stream_10x100B for the others).
 .PHONY: bench bench-scale bench-instructions
 
 bench:

@@ -8,7 +8,8 @@
 # RATE calls/s open loop (default 100: one call at a time, no batching, the low-rate
 # case) or, with CONC=n, n calls in flight (batching, the saturation case), for DURATION
 # seconds after a warm-up; counters are zeroed after the warm-up and dumped after the
-# run. Output: target/bench/instructions.md (and the callgrind files beside it, for
+# run. WORKLOAD picks the call (unary_100B, unary_16KiB, stream_10x100B; default
+# unary_100B). Output: target/bench/instructions.md (and the callgrind files beside it, for
 # callgrind_annotate).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +23,7 @@ command -v valgrind >/dev/null || {
 }
 cargo build --release -p strait-proxy -p strait-bench
 bin="$target/release"
-rate="${RATE:-100}"; conc="${CONC:-}"; duration="${DURATION:-5}"
+rate="${RATE:-100}"; conc="${CONC:-}"; duration="${DURATION:-5}"; workload="${WORKLOAD:-unary_100B}"
 backend_port="${BACKEND_PORT:-26050}"; strait_port=26051; haproxy_port=26052
 
 pids=()
@@ -62,9 +63,9 @@ for path in strait haproxy; do
   done
   callgrind_control -z "$pid" >/dev/null
   if [[ -n $conc ]]; then
-    line=$(taskset -c 0 "$bin/strait-bench" load --addr "$addr" --concurrency "$conc" --duration "$duration" 2>&1 | tail -1)
+    line=$(taskset -c 0 "$bin/strait-bench" load --addr "$addr" --concurrency "$conc" --duration "$duration" --workload "$workload" 2>&1 | tail -1)
   else
-    line=$(taskset -c 0 "$bin/strait-bench" load --addr "$addr" --rate "$rate" --duration "$duration" 2>&1 | tail -1)
+    line=$(taskset -c 0 "$bin/strait-bench" load --addr "$addr" --rate "$rate" --duration "$duration" --workload "$workload" 2>&1 | tail -1)
   fi
   callgrind_control -d "$pid" >/dev/null
   sleep 1
@@ -85,11 +86,11 @@ load="open loop $rate calls/s"; [[ -n $conc ]] && load="closed loop, $conc calls
 {
   echo "# Instructions per proxied call (callgrind)"
   echo
-  echo "- date: $(date -u +%FT%TZ); unary ~100 B; $load for ${duration} s; proxy and backend on CPU 1"
+  echo "- date: $(date -u +%FT%TZ); $workload; $load for ${duration} s; proxy and backend on CPU 1"
   echo
   echo "| path | instructions per call | × HAProxy |"
   echo "|---|---|---|"
   for path in strait haproxy; do
-    echo "| $path | ${result[$path]} | $(echo "scale=2; ${result[$path]} / ${result[haproxy]}" | bc) |"
+    echo "| $path | ${result[$path]} | $(awk -v a="${result[$path]}" -v b="${result[haproxy]}" 'BEGIN { printf "%.2f", a / b }') |"
   done
 } | tee "$out/../instructions.md"
