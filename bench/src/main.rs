@@ -133,7 +133,8 @@ enum Cmd {
         haproxy_listen: std::net::SocketAddr,
     },
     /// One generator run (demo Echo service) against `--addr`; several `--addr`s (open
-    /// loop only) take turns in `--slice-ms` stretches of one schedule, one line each.
+    /// loop only) take turns in `--slice-ms` stretches of one schedule, one line each
+    /// (each turn's first call warms its path up and is left out of the percentiles).
     Load {
         #[arg(long, required = true)]
         addr: Vec<std::net::SocketAddr>,
