@@ -62,11 +62,9 @@ for path in strait haproxy; do
     sleep 1
   done
   callgrind_control -z "$pid" >/dev/null
-  if [[ -n $conc ]]; then
-    line=$(taskset -c 0 "$bin/strait-bench" load --addr "$addr" --concurrency "$conc" --duration "$duration" --workload "$workload" 2>&1 | tail -1)
-  else
-    line=$(taskset -c 0 "$bin/strait-bench" load --addr "$addr" --rate "$rate" --duration "$duration" --workload "$workload" 2>&1 | tail -1)
-  fi
+  if [[ -n $conc ]]; then mode=(--concurrency "$conc"); else mode=(--rate "$rate"); fi
+  line=$(taskset -c 0 "$bin/strait-bench" load --addr "$addr" "${mode[@]}" --duration "$duration" \
+    --workload "$workload" 2>&1 | tail -1)
   callgrind_control -d "$pid" >/dev/null
   sleep 1
   kill "$pid"; wait "$pid" 2>/dev/null || true

@@ -145,6 +145,14 @@ impl Env {
     fn path_pids(&self, p: &PathDef) -> Vec<u32> {
         p.procs.iter().flat_map(|i| self.procs[*i].pids()).collect()
     }
+
+    /// After a run: every process of every path (and the backend) is still up.
+    fn check_all_alive(&mut self) -> Result<()> {
+        for p in &mut self.procs {
+            p.check_alive()?;
+        }
+        Ok(())
+    }
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {
@@ -412,9 +420,7 @@ async fn measure(
     let (c0, b0) = (procs::cpu_seconds_all(&pids), procs::cpu_seconds_all(&bpids));
     let r = load::run(&env.paths[path].target, w, mode, d, conns).await?;
     let (c1, b1) = (procs::cpu_seconds_all(&pids), procs::cpu_seconds_all(&bpids));
-    for p in &mut env.procs {
-        p.check_alive()?;
-    }
+    env.check_all_alive()?;
     Ok((Sample::from(&r, c1 - c0, b1 - b0), r.latency))
 }
 
@@ -457,9 +463,7 @@ async fn run_point_interleaved(
         let results = load::run_open(&targets, &w, rate, d, INTERLEAVE_SLICE, o.conns).await?;
         let c1: Vec<f64> = pids.iter().map(|p| procs::cpu_seconds_all(p)).collect();
         let b1 = procs::cpu_seconds_all(&bpids);
-        for p in &mut env.procs {
-            p.check_alive()?;
-        }
+        env.check_all_alive()?;
         let total_ok: u64 = results.iter().map(|r| r.ok).sum::<u64>().max(1);
         for (k, r) in results.iter().enumerate() {
             let path = order[k];

@@ -278,17 +278,19 @@ pub async fn run_open(
     let total = (rate * duration.as_secs_f64()).ceil() as u64;
     let per_slice = ((rate * slice.as_secs_f64()).round() as u64).max(1);
     let interval_ns = 1e9 / rate;
+    // Which target call `i` goes to: consecutive turns of `per_slice` calls each.
+    let turn = |i: u64| ((i / per_slice) % n) as usize;
     let started = Instant::now() + Duration::from_millis(5);
     let hard_end = started + duration + Duration::from_secs(2);
     for i in 0..total {
-        let (pool, uri, shared) = &pools[((i / per_slice) % n) as usize];
+        let (pool, uri, shared) = &pools[turn(i)];
         let intended = started + Duration::from_nanos((i as f64 * interval_ns) as u64);
         pace_until(intended).await;
         let now = Instant::now();
         if now > hard_end {
             // The generator itself fell behind by seconds: the rest counts as lost.
             for k in i..total {
-                pools[((k / per_slice) % n) as usize].2.errors.fetch_add(1, Ordering::Relaxed);
+                pools[turn(k)].2.errors.fetch_add(1, Ordering::Relaxed);
             }
             break;
         }
