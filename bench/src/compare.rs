@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 /// so all paths carry identical request headers.
 pub const AUTHORITY: &str = "echo.bench.svc.cluster.local:50051";
 const NS: &str = "bench";
-/// How long each path's turn lasts in an interleaved low-rate run.
+/// How long each path's turn lasts in an interleaved run (every point is one).
 pub const INTERLEAVE_SLICE: Duration = Duration::from_millis(200);
 
 #[derive(Clone, Debug)]
@@ -407,52 +407,16 @@ pub fn start_env(o: &Opts) -> Result<Env> {
     Ok(env)
 }
 
-async fn measure(
-    env: &mut Env,
-    path: usize,
-    w: &Workload,
-    mode: Mode,
-    d: Duration,
-    conns: usize,
-) -> Result<(Sample, Histogram<u64>)> {
-    let pids = env.path_pids(&env.paths[path]);
-    let bpids = env.procs[env.backend].pids();
-    let (c0, b0) = (procs::cpu_seconds_all(&pids), procs::cpu_seconds_all(&bpids));
-    let r = load::run(&env.paths[path].target, w, mode, d, conns).await?;
-    let (c1, b1) = (procs::cpu_seconds_all(&pids), procs::cpu_seconds_all(&bpids));
-    env.check_all_alive()?;
-    Ok((Sample::from(&r, c1 - c0, b1 - b0), r.latency))
-}
-
+/// One point, every path side by side: per repeat, all paths in one run taking turns in
+/// `INTERLEAVE_SLICE` stretches (open loop: one constant-rate schedule,
+/// `load::run_open`; closed loop: `concurrency` calls in flight against one path at a
+/// time, `load::run_closed_turns`), with the order rotated per repeat. Only one path
+/// carries load at any moment, so they never compete; run one after another, paths met
+/// different moments of a noisy machine (added latencies of ~100 µs moved by tens of µs
+/// between rounds, saturation by a third).
 async fn run_point(env: &mut Env, o: &Opts, id: String, w: Workload, mode: Mode, d: Duration) -> Result<Point> {
     let n = env.paths.len();
     let mut point = Point::new(id, w.clone(), mode, d, n);
-    for rep in 0..o.repeats {
-        for k in 0..n {
-            // Rotate the order per repeat so no path always runs first or last.
-            let path = (k + rep) % n;
-            let (s, h) = measure(env, path, &w, mode, d, o.conns).await?;
-            point.record(path, env.paths[path].name, rep, s, &h);
-            tokio::time::sleep(Duration::from_millis(150)).await;
-        }
-    }
-    Ok(point)
-}
-
-/// The low-rate open-loop points: every path in one constant-rate schedule, taking
-/// turns in `INTERLEAVE_SLICE` stretches (`load::run_open`), once per repeat with the
-/// order rotated. Run one after another, paths met different moments of a noisy
-/// machine: added latencies of ~100 µs moved by tens of µs between rounds.
-async fn run_point_interleaved(
-    env: &mut Env,
-    o: &Opts,
-    id: String,
-    w: Workload,
-    rate: f64,
-    d: Duration,
-) -> Result<Point> {
-    let n = env.paths.len();
-    let mut point = Point::new(id, w.clone(), Mode::Open { rate }, d, n);
     for rep in 0..o.repeats {
         let order: Vec<usize> = (0..n).map(|k| (k + rep) % n).collect();
         let targets: Vec<Target> = order.iter().map(|&p| env.paths[p].target.clone()).collect();
@@ -460,7 +424,12 @@ async fn run_point_interleaved(
         let bpids = env.procs[env.backend].pids();
         let c0: Vec<f64> = pids.iter().map(|p| procs::cpu_seconds_all(p)).collect();
         let b0 = procs::cpu_seconds_all(&bpids);
-        let results = load::run_open(&targets, &w, rate, d, INTERLEAVE_SLICE, o.conns).await?;
+        let results = match mode {
+            Mode::Open { rate } => load::run_open(&targets, &w, rate, d, INTERLEAVE_SLICE, o.conns).await?,
+            Mode::Closed { concurrency } => {
+                load::run_closed_turns(&targets, &w, concurrency, d, INTERLEAVE_SLICE, o.conns).await?
+            }
+        };
         let c1: Vec<f64> = pids.iter().map(|p| procs::cpu_seconds_all(p)).collect();
         let b1 = procs::cpu_seconds_all(&bpids);
         env.check_all_alive()?;
@@ -598,7 +567,10 @@ pub async fn run(o: Opts) -> Result<Value> {
         env.paths.iter().map(|p| env.path_pids(p)).chain(std::iter::once(env.procs[0].pids())).collect();
     let sampler = RssSampler::start(groups);
 
-    eprintln!("== saturation (closed loop, {} in flight, {} conn)", o.concurrency, o.conns);
+    eprintln!(
+        "== saturation (closed loop, {} in flight, {} conn, paths taking {:?} turns)",
+        o.concurrency, o.conns, INTERLEAVE_SLICE
+    );
     let sat = run_point(
         &mut env,
         &o,
@@ -615,26 +587,19 @@ pub async fn run(o: Opts) -> Result<Value> {
     eprintln!("== slowest saturation {slowest:.0} rps → high rate {high:.0} rps");
 
     let mut points = vec![sat];
-    // (workload, rate, interleaved): the low rate interleaves the paths; at the high
-    // rate they would compete, so they run one at a time.
-    let specs: Vec<(Workload, f64, bool)> = vec![
-        (Workload::unary("unary_100B", 100), o.low_rate, true),
-        (Workload::unary("unary_100B", 100), high, false),
-        (Workload::unary("unary_16KiB", 16 * 1024), o.low_rate, true),
-        (Workload::stream("stream_10x100B", 100, 10), o.low_rate, true),
+    let specs: Vec<(Workload, f64)> = vec![
+        (Workload::unary("unary_100B", 100), o.low_rate),
+        (Workload::unary("unary_100B", 100), high),
+        (Workload::unary("unary_16KiB", 16 * 1024), o.low_rate),
+        (Workload::stream("stream_10x100B", 100, 10), o.low_rate),
     ];
-    for (w, rate, interleaved) in specs {
+    for (w, rate) in specs {
         let id = format!("{}@{}rps", w.name, rate as u64);
-        if interleaved {
-            eprintln!(
-                "== {id} (open loop, {} × {:?} per path, paths taking {:?} turns)",
-                o.repeats, o.duration, INTERLEAVE_SLICE
-            );
-            points.push(run_point_interleaved(&mut env, &o, id, w, rate, o.duration).await?);
-        } else {
-            eprintln!("== {id} (open loop, {} × {:?})", o.repeats, o.duration);
-            points.push(run_point(&mut env, &o, id, w, Mode::Open { rate }, o.duration).await?);
-        }
+        eprintln!(
+            "== {id} (open loop, {} × {:?} per path, paths taking {:?} turns)",
+            o.repeats, o.duration, INTERLEAVE_SLICE
+        );
+        points.push(run_point(&mut env, &o, id, w, Mode::Open { rate }, o.duration).await?);
     }
     eprintln!("== h2load cross-check (direct backend)");
     let h2 = h2load_check(&mut env, &o).await?;

@@ -243,7 +243,11 @@ pub async fn run(target: &Target, w: &Workload, mode: Mode, duration: Duration, 
             let mut results = run_open(std::slice::from_ref(target), w, rate, duration, duration, conns).await?;
             results.pop().ok_or_else(|| anyhow!("no result"))
         }
-        Mode::Closed { concurrency } => run_closed(target, w, concurrency, duration, conns).await,
+        Mode::Closed { concurrency } => {
+            let mut results =
+                run_closed_turns(std::slice::from_ref(target), w, concurrency, duration, duration, conns).await?;
+            results.pop().ok_or_else(|| anyhow!("no result"))
+        }
     }
 }
 
@@ -340,16 +344,52 @@ fn result(shared: &Shared, send_lag: Histogram<u64>, elapsed: Duration) -> RunRe
     }
 }
 
-async fn run_closed(
-    target: &Target,
+/// Closed loop over several targets in turn: `concurrency` calls kept in flight
+/// against one target for a `slice`, then against the next, until each has had
+/// `per_target`. As with [`run_open`], a slow drift of the machine falls on every target
+/// alike instead of on whichever ran during it. A target's throughput is its completed
+/// calls over the time of its own turns. One result per target, in order.
+pub async fn run_closed_turns(
+    targets: &[Target],
+    w: &Workload,
+    concurrency: usize,
+    per_target: Duration,
+    slice: Duration,
+    conns: usize,
+) -> Result<Vec<RunResult>> {
+    if targets.is_empty() {
+        bail!("no targets");
+    }
+    if slice.is_zero() || per_target.is_zero() {
+        bail!("durations must be positive");
+    }
+    let mut pools = Vec::with_capacity(targets.len());
+    for target in targets {
+        let pool = Arc::new(Conns::connect(target, conns).await?);
+        let uri: Arc<str> = format!("{}{}", pool.uri_prefix, w.path).into();
+        pools.push((pool, uri, Shared::new(), Duration::ZERO));
+    }
+    let turns = per_target.as_nanos().div_ceil(slice.as_nanos()).max(1);
+    for turn in 0..turns {
+        // The last turn is cut to what is left of `per_target`.
+        let this_slice = slice.min(per_target.saturating_sub(slice * turn as u32)).max(Duration::from_millis(1));
+        for (pool, uri, shared, elapsed) in pools.iter_mut() {
+            *elapsed += closed_turn(pool, uri, w, concurrency, this_slice, shared).await;
+        }
+    }
+    Ok(pools.into_iter().map(|(_, _, shared, elapsed)| result(&shared, new_hist(), elapsed)).collect())
+}
+
+/// One closed-loop turn: `concurrency` workers each call, wait, call again until
+/// `duration` has passed; returns how long the turn took, its last calls included.
+async fn closed_turn(
+    pool: &Arc<Conns>,
+    uri: &Arc<str>,
     w: &Workload,
     concurrency: usize,
     duration: Duration,
-    conns: usize,
-) -> Result<RunResult> {
-    let pool = Arc::new(Conns::connect(target, conns).await?);
-    let uri: Arc<str> = format!("{}{}", pool.uri_prefix, w.path).into();
-    let shared = Shared::new();
+    shared: &Arc<Shared>,
+) -> Duration {
     let started = Instant::now();
     let end = started + duration;
     let mut workers = Vec::new();
@@ -372,7 +412,7 @@ async fn run_closed(
     for wk in workers {
         let _ = wk.await;
     }
-    Ok(result(&shared, new_hist(), started.elapsed()))
+    started.elapsed()
 }
 
 #[cfg(test)]
@@ -407,6 +447,25 @@ mod tests {
         // One schedule at the given rate, not one per target in parallel or in a row
         // at three times the rate.
         assert!(wall >= Duration::from_millis(1400), "the schedule took {wall:?}");
+    }
+
+    #[tokio::test]
+    async fn closed_loop_turns_give_each_target_its_own_time() {
+        let targets = vec![backend().await, backend().await];
+        let w = Workload::unary("unary_100B", 100);
+        let (per_target, slice) = (Duration::from_millis(400), Duration::from_millis(100));
+        let t0 = Instant::now();
+        let results = run_closed_turns(&targets, &w, 4, per_target, slice, 1).await.expect("closed turns");
+        let wall = t0.elapsed();
+        assert_eq!(results.len(), 2);
+        for r in &results {
+            assert!(r.ok > 0 && r.errors == 0, "ok {} errors {}: {:?}", r.ok, r.errors, r.first_error);
+            // Throughput is over the target's own turns, not over the whole run.
+            assert!(r.elapsed >= per_target && r.elapsed < per_target + Duration::from_millis(300), "{:?}", r.elapsed);
+            assert_eq!(r.latency.len(), r.ok);
+        }
+        // One target at a time: the turns follow each other.
+        assert!(wall >= per_target * 2, "the run took {wall:?}");
     }
 
     #[tokio::test]

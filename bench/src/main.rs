@@ -132,9 +132,10 @@ enum Cmd {
         #[arg(long)]
         haproxy_listen: std::net::SocketAddr,
     },
-    /// One generator run (demo Echo service) against `--addr`; several `--addr`s (open
-    /// loop only) take turns in `--slice-ms` stretches of one schedule, one line each
-    /// (each turn's first call warms its path up and is left out of the percentiles).
+    /// One generator run (demo Echo service) against `--addr`; several `--addr`s take
+    /// turns in `--slice-ms` stretches, one line each (open loop: of one schedule, each
+    /// turn's first call warming its path up, left out of the percentiles; closed loop:
+    /// rps over the target's own turns).
     Load {
         #[arg(long, required = true)]
         addr: Vec<std::net::SocketAddr>,
@@ -271,14 +272,11 @@ async fn run(cli: Cli) -> Result<()> {
             let duration = Duration::from_secs_f64(duration);
             let targets: Vec<load::Target> =
                 addr.into_iter().map(|addr| load::Target { addr, authority: authority.clone() }).collect();
-            let results = match (rate, targets.as_slice()) {
-                (Some(rate), _) => {
-                    load::run_open(&targets, &w, rate, duration, Duration::from_millis(slice_ms.max(1)), conns).await
-                }
-                (None, [target]) => {
-                    load::run(target, &w, load::Mode::Closed { concurrency }, duration, conns).await.map(|r| vec![r])
-                }
-                (None, _) => anyhow::bail!("several --addr need --rate (open loop)"),
+            // One target runs in one piece.
+            let slice = if targets.len() > 1 { Duration::from_millis(slice_ms.max(1)) } else { duration };
+            let results = match rate {
+                Some(rate) => load::run_open(&targets, &w, rate, duration, slice, conns).await,
+                None => load::run_closed_turns(&targets, &w, concurrency, duration, slice, conns).await,
             }
             .context("load run")?;
             for (target, r) in targets.iter().zip(results) {

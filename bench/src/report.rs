@@ -201,12 +201,14 @@ pub fn markdown(r: &Value) -> String {
         s["server_cpus"].as_str().unwrap_or("any"),
     ));
     out.push_str(&format!(
-        "- {} repeats per point, paths interleaved per repeat (order rotated); open loop {} s per run, saturation {} s per run \
-         ({} calls in flight); at the low rate ({} rps) all paths share one schedule per repeat, taking turns in {} ms slices, \
-         so a slow stretch of the machine falls on every path alike; {} client HTTP/2 connection(s); cells are **median \
-         [min–max] over repeats**; \"added\" is paired per repeat (path − direct in the same round); {}\n",
-        s["repeats"], s["open_loop_seconds"], s["saturation_seconds"], s["saturation_in_flight"], s["low_rate_rps"],
-        s["interleave_slice_ms"], s["client_connections"],
+        "- {} repeats per point; in each repeat every path runs in one run, the paths taking turns in {} ms slices (order \
+         rotated per repeat), so a slow stretch of the machine falls on every path alike and only one path carries load at \
+         a time: open loop {} s per path, all paths sharing one constant-rate schedule (each turn's first call is a warm-up, \
+         counted but left out of the percentiles); saturation {} s per path ({} calls in flight, rps over the path's own \
+         turns); {} client HTTP/2 connection(s); cells are **median [min–max] over repeats**; \"added\" is paired per \
+         repeat (path − direct in the same run); {}\n",
+        s["repeats"], s["interleave_slice_ms"], s["open_loop_seconds"], s["saturation_seconds"], s["saturation_in_flight"],
+        s["client_connections"],
         if s["quick"].as_bool() == Some(true) { "**BENCH_QUICK=1 (short runs, indicative only)**" } else { "full run" },
     ));
     out.push_str("- latency is measured from the *intended* send time of a constant-rate schedule (coordinated omission corrected), to the end of the response (trailers)\n\n");
