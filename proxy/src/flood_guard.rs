@@ -68,27 +68,29 @@ impl FrameCursor {
     }
 }
 
-/// Counts one kind of frame per one-second window.
-#[derive(Debug)]
+/// Counts one kind of frame per one-second window. The window opens at the first frame
+/// counted, so a reset (on every HEADERS or DATA the proxy sends) costs no clock read.
+#[derive(Debug, Default)]
 struct RateWindow {
-    started: Instant,
+    started: Option<Instant>,
     count: u32,
 }
 
 impl RateWindow {
-    fn new() -> Self {
-        RateWindow { started: Instant::now(), count: 0 }
-    }
-
     fn reset(&mut self) {
-        self.started = Instant::now();
+        self.started = None;
         self.count = 0;
     }
 
     /// Counts one frame; true when more than `limit` arrived within the current second.
     fn hit(&mut self, limit: u32) -> bool {
-        if self.started.elapsed() >= Duration::from_secs(1) {
-            self.reset();
+        let now = Instant::now();
+        match self.started {
+            Some(started) if now.duration_since(started) < Duration::from_secs(1) => {}
+            _ => {
+                self.started = Some(now);
+                self.count = 0;
+            }
         }
         self.count += 1;
         self.count > limit
@@ -115,8 +117,8 @@ impl<T> FloodGuard<T> {
             limit_per_second,
             inbound: FrameCursor { preface_left: PREFACE_LEN, ..FrameCursor::default() },
             outbound: FrameCursor::default(),
-            pings: RateWindow::new(),
-            settings: RateWindow::new(),
+            pings: RateWindow::default(),
+            settings: RateWindow::default(),
             last_client_stream: 0,
             goaway: None,
         }
@@ -287,6 +289,15 @@ mod tests {
         }
         assert_eq!(seen, vec![(TYPE_SETTINGS, 0), (TYPE_HEADERS, 5), (TYPE_PING, 0)]);
         assert!(c.at_frame_boundary());
+    }
+
+    #[test]
+    fn rate_window_counts_to_its_limit_and_a_reset_starts_it_again() {
+        let mut window = RateWindow::default();
+        assert!((0..5).all(|_| !window.hit(5)), "five frames are within a limit of five");
+        assert!(window.hit(5), "the sixth within the second is over it");
+        window.reset();
+        assert!(!window.hit(5), "after a reset the count starts again");
     }
 
     #[tokio::test]
