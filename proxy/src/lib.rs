@@ -14,6 +14,7 @@ pub mod flood_guard;
 pub mod grpc;
 pub mod h2io;
 pub mod heap;
+pub mod histogram;
 pub mod kube_source;
 pub mod pool;
 pub mod proxy;
@@ -96,15 +97,6 @@ pub async fn run(args: config::Args) -> anyhow::Result<()> {
         }
         (None, None) => anyhow::bail!("no configuration source"),
     }
-    let upkeep = metrics.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
-
     let admin_state = admin::AdminState { shared: shared.clone(), proxy: proxy.clone(), metrics };
     let (stop_tx, stop_rx) = watch::channel(false);
     let admin_router = admin::router(admin_state.clone());

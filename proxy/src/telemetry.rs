@@ -2,26 +2,29 @@
 //! conventions), plus Strait's per-route counters. Rendered by the admin endpoint.
 use crate::body::Outcome;
 use crate::grpc;
+use crate::histogram::{self, Histogram};
 use foldhash::HashMap;
 use metrics::SharedString;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
-
-/// Latency buckets (seconds): sub-millisecond to tens of seconds.
-const LATENCY_BUCKETS: &[f64] =
-    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 /// Distinct gRPC methods given their own label values; more become `other` so a caller
 /// sending random paths cannot grow the metric set without bound.
 const MAX_METHODS: usize = 2000;
 
-/// Installs the global recorder; the handle renders `/metrics`.
+/// Installs the global recorder for counters and gauges (latency histograms are
+/// [`histogram::LATENCY`]); [`render`] writes `/metrics`.
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
-    PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
-        .install_recorder()
+    PrometheusBuilder::new().install_recorder()
+}
+
+/// Every metric in the Prometheus text format.
+pub fn render(handle: &PrometheusHandle) -> String {
+    let mut text = handle.render();
+    text.push_str(&histogram::LATENCY.render());
+    text
 }
 
 /// Which side of the proxy a call crossed.
@@ -66,7 +69,7 @@ enum HandleKey {
 #[derive(Clone)]
 enum Handle {
     Counter(metrics::Counter),
-    Histogram(metrics::Histogram),
+    Histogram(Arc<Histogram>),
 }
 
 impl MethodInfo {
@@ -92,7 +95,7 @@ impl MethodInfo {
         }
     }
 
-    fn histogram(&self, key: HandleKey, make: impl FnOnce() -> metrics::Histogram) -> Option<metrics::Histogram> {
+    fn histogram(&self, key: HandleKey, make: impl FnOnce() -> Arc<Histogram>) -> Option<Arc<Histogram>> {
         match self.handle(key, || Handle::Histogram(make()))? {
             Handle::Histogram(h) => Some(h),
             Handle::Counter(_) => None,
@@ -152,7 +155,7 @@ impl MethodTable {
 pub struct RouteHandles {
     labels: [SharedString; 4],
     requests: RwLock<HashMap<&'static str, metrics::Counter>>,
-    duration: metrics::Histogram,
+    duration: Arc<Histogram>,
 }
 
 impl RouteHandles {
@@ -197,8 +200,16 @@ impl RouteMetricsCache {
             r.rule.rule_name.clone().unwrap_or_else(|| r.rule.rule_index.to_string()).into(),
             format!("{}:{}", b.service, b.port).into(),
         ];
-        let [parent, route, rule, backend] = labels.clone();
-        let duration = metrics::histogram!("strait_route_request_duration_seconds", "parent" => parent, "route" => route, "rule" => rule, "backend" => backend);
+        let [parent, route, rule, backend] = &labels;
+        let duration = histogram::LATENCY.histogram(
+            "strait_route_request_duration_seconds",
+            &[
+                ("parent", parent.as_ref()),
+                ("route", route.as_ref()),
+                ("rule", rule.as_ref()),
+                ("backend", backend.as_ref()),
+            ],
+        );
         let handles = Arc::new(RouteHandles { labels, requests: RwLock::new(HashMap::default()), duration });
         if let Ok(mut m) = self.entries.write() {
             m.entry(key).or_default().push((r.rule.clone(), r.parent_key.clone(), handles.clone()));
@@ -248,7 +259,7 @@ impl CallMetrics {
         };
         let grpc_type = grpc::infer_type(request_messages, outcome.response_messages);
         self.method.learn(grpc_type);
-        let elapsed = self.start.elapsed().as_secs_f64();
+        let elapsed = self.start.elapsed();
         let (_, handled, seconds) = self.side.names();
         let side = self.side as u8;
         let info = &self.method;
@@ -258,7 +269,14 @@ impl CallMetrics {
             c.increment(1);
         }
         if let Some(h) = info.histogram(HandleKey::Seconds { side, grpc_type }, || {
-            metrics::histogram!(seconds, "grpc_type" => grpc_type, "grpc_service" => info.service.clone(), "grpc_method" => info.method.clone())
+            histogram::LATENCY.histogram(
+                seconds,
+                &[
+                    ("grpc_type", grpc_type),
+                    ("grpc_service", info.service.as_ref()),
+                    ("grpc_method", info.method.as_ref()),
+                ],
+            )
         }) {
             h.record(elapsed);
         }
