@@ -369,10 +369,11 @@ pub async fn run_closed_turns(
         let uri: Arc<str> = format!("{}{}", pool.uri_prefix, w.path).into();
         pools.push((pool, uri, Shared::new(), Duration::ZERO));
     }
-    let turns = per_target.as_nanos().div_ceil(slice.as_nanos()).max(1);
-    for turn in 0..turns {
+    let mut remaining = per_target;
+    while !remaining.is_zero() {
         // The last turn is cut to what is left of `per_target`.
-        let this_slice = slice.min(per_target.saturating_sub(slice * turn as u32)).max(Duration::from_millis(1));
+        let this_slice = slice.min(remaining);
+        remaining -= this_slice;
         for (pool, uri, shared, elapsed) in pools.iter_mut() {
             *elapsed += closed_turn(pool, uri, w, concurrency, this_slice, shared).await;
         }
