@@ -424,12 +424,7 @@ async fn run_point(env: &mut Env, o: &Opts, id: String, w: Workload, mode: Mode,
         let bpids = env.procs[env.backend].pids();
         let c0: Vec<f64> = pids.iter().map(|p| procs::cpu_seconds_all(p)).collect();
         let b0 = procs::cpu_seconds_all(&bpids);
-        let results = match mode {
-            Mode::Open { rate } => load::run_open(&targets, &w, rate, d, INTERLEAVE_SLICE, o.conns).await?,
-            Mode::Closed { concurrency } => {
-                load::run_closed_turns(&targets, &w, concurrency, d, INTERLEAVE_SLICE, o.conns).await?
-            }
-        };
+        let results = load::run_turns(&targets, &w, mode, d, INTERLEAVE_SLICE, o.conns).await?;
         let c1: Vec<f64> = pids.iter().map(|p| procs::cpu_seconds_all(p)).collect();
         let b1 = procs::cpu_seconds_all(&bpids);
         env.check_all_alive()?;

@@ -238,16 +238,23 @@ async fn timed_call(send: SendRequest<Bytes>, uri: &str, w: &Workload) -> Result
 
 /// Runs `w` against `target` for `duration` in `mode` over `conns` connections.
 pub async fn run(target: &Target, w: &Workload, mode: Mode, duration: Duration, conns: usize) -> Result<RunResult> {
+    let mut results = run_turns(std::slice::from_ref(target), w, mode, duration, duration, conns).await?;
+    results.pop().ok_or_else(|| anyhow!("no result"))
+}
+
+/// Runs `w` in `mode` against several targets taking turns of `slice`, `per_target`
+/// each ([`run_open`] or [`run_closed_turns`]). One result per target, in order.
+pub async fn run_turns(
+    targets: &[Target],
+    w: &Workload,
+    mode: Mode,
+    per_target: Duration,
+    slice: Duration,
+    conns: usize,
+) -> Result<Vec<RunResult>> {
     match mode {
-        Mode::Open { rate } => {
-            let mut results = run_open(std::slice::from_ref(target), w, rate, duration, duration, conns).await?;
-            results.pop().ok_or_else(|| anyhow!("no result"))
-        }
-        Mode::Closed { concurrency } => {
-            let mut results =
-                run_closed_turns(std::slice::from_ref(target), w, concurrency, duration, duration, conns).await?;
-            results.pop().ok_or_else(|| anyhow!("no result"))
-        }
+        Mode::Open { rate } => run_open(targets, w, rate, per_target, slice, conns).await,
+        Mode::Closed { concurrency } => run_closed_turns(targets, w, concurrency, per_target, slice, conns).await,
     }
 }
 

@@ -274,11 +274,11 @@ async fn run(cli: Cli) -> Result<()> {
                 addr.into_iter().map(|addr| load::Target { addr, authority: authority.clone() }).collect();
             // One target runs in one piece.
             let slice = if targets.len() > 1 { Duration::from_millis(slice_ms.max(1)) } else { duration };
-            let results = match rate {
-                Some(rate) => load::run_open(&targets, &w, rate, duration, slice, conns).await,
-                None => load::run_closed_turns(&targets, &w, concurrency, duration, slice, conns).await,
-            }
-            .context("load run")?;
+            let mode = match rate {
+                Some(rate) => load::Mode::Open { rate },
+                None => load::Mode::Closed { concurrency },
+            };
+            let results = load::run_turns(&targets, &w, mode, duration, slice, conns).await.context("load run")?;
             for (target, r) in targets.iter().zip(results) {
                 let h = &r.latency;
                 println!(
