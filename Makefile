@@ -62,7 +62,12 @@ cluster: tools
 # bench-instructions: instructions per proxied call under callgrind, Strait vs HAProxy
 #              (stable to ~0.2%: use it to judge request-path changes; CONC=64 for the
 #              saturation case; WORKLOAD=unary_16KiB or stream_10x100B for the others).
-.PHONY: bench bench-scale bench-instructions
+.PHONY: bench bench-scale bench-instructions pgo
+
+# pgo: strait-proxy built with profile-guided optimisation (target/pgo/strait-proxy);
+#      `make bench` builds and measures it beside the plain release build.
+pgo:
+	./scripts/pgo-build.sh
 
 bench:
 	STRAIT_CACHE="$(STRAIT_CACHE)" ./scripts/bench.sh all

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# `make bench-instructions`: instructions per proxied gRPC call, Strait one hop vs HAProxy
-# h2 one hop, counted by callgrind on the same backend in the same run. Instruction
+# `make bench-instructions`: instructions per proxied gRPC call, Strait one hop (the PGO
+# build and the plain release build) vs HAProxy h2 one hop, counted by callgrind on the same backend in the same run. Instruction
 # counts repeat to within ~0.2% on this machine whatever else it is doing, so they show
 # request-path changes that wall-clock runs here (±20% between runs) cannot.
 #
@@ -23,6 +23,14 @@ command -v valgrind >/dev/null || {
 }
 cargo build --release -p strait-proxy -p strait-bench
 bin="$target/release"
+# Strait's PGO build (the one `make bench` measures) and its plain release build, both
+# against HAProxy. BENCH_PGO=0 counts the plain build only.
+paths=(strait-pgo strait haproxy)
+if [[ ${BENCH_PGO:-1} == 0 ]]; then
+  paths=(strait haproxy)
+else
+  ./scripts/pgo-build.sh
+fi
 rate="${RATE:-100}"; conc="${CONC:-}"; duration="${DURATION:-5}"; workload="${WORKLOAD:-unary_100B}"
 backend_port="${BACKEND_PORT:-26050}"; strait_port=26051; haproxy_port=26052
 
@@ -41,11 +49,13 @@ cfg="$out/strait"
 
 haproxy_bin=$(PATH="$PATH:/usr/sbin:/sbin" command -v haproxy)
 declare -A result
-for path in strait haproxy; do
+for path in "${paths[@]}"; do
   file="$out/callgrind.$path"
   rm -f "$file" "$file".*
-  if [[ $path == strait ]]; then
-    taskset -c 1 valgrind --tool=callgrind --callgrind-out-file="$file" "$bin/strait-proxy" \
+  if [[ $path == strait* ]]; then
+    proxy="$bin/strait-proxy"
+    [[ $path == strait-pgo ]] && proxy="$target/pgo/strait-proxy"
+    taskset -c 1 valgrind --tool=callgrind --callgrind-out-file="$file" "$proxy" \
       --config-dir "$cfg" --outbound-addr "127.0.0.1:$strait_port" --inbound-addr 127.0.0.1:26053 \
       --admin-addr 127.0.0.1:26054 --namespace bench --log-level warn >"$out/$path.log" 2>&1 &
     addr="127.0.0.1:$strait_port"
@@ -88,7 +98,7 @@ load="open loop $rate calls/s"; [[ -n $conc ]] && load="closed loop, $conc calls
   echo
   echo "| path | instructions per call | × HAProxy |"
   echo "|---|---|---|"
-  for path in strait haproxy; do
+  for path in "${paths[@]}"; do
     echo "| $path | ${result[$path]} | $(awk -v a="${result[$path]}" -v b="${result[haproxy]}" 'BEGIN { printf "%.2f", a / b }') |"
   done
 } | tee "$out/../instructions.md"

@@ -3,7 +3,8 @@
 # release binaries, pins the load generator and the servers to different cores, runs
 # strait-bench. Output: $CARGO_TARGET_DIR/bench (default target/bench).
 #
-# Environment: BENCH_QUICK=1 (~1 min, no scale part), BENCH_DURATION / BENCH_SAT_DURATION
+# Environment: BENCH_PGO=0 (no PGO build: the plain release build alone), BENCH_QUICK=1
+# (~1 min, no scale part), BENCH_DURATION / BENCH_SAT_DURATION
 # (seconds per run), BENCH_REPEATS, BENCH_CONCURRENCY, BENCH_CONNS, BENCH_LOW_RATE,
 # BENCH_HIGH_FRACTION, BENCH_GEN_CPUS / BENCH_SERVER_CPUS (override the pinning),
 # BENCH_SCALE_SERVICES / _ROUTES / _ENDPOINTS_PER_SERVICE / _CHANGES / _PARALLELISM.
@@ -19,6 +20,15 @@ if [[ $mode == all ]]; then
 fi
 cargo build --release -p strait-proxy -p strait-bench -p strait-demo
 bin="$target/release"
+
+# The Strait paths run the PGO build (the one a release ships, `make pgo`), and the
+# plain release build runs beside it as one more one-hop path: what PGO buys is
+# measured in the same run. BENCH_PGO=0 measures the plain build alone.
+if [[ ${BENCH_PGO:-1} != 0 ]]; then
+  ./scripts/pgo-build.sh
+  pgo="$target/pgo/strait-proxy"
+  export BENCH_PROXY_BIN="$pgo" BENCH_BASELINE_PROXY_BIN="$bin/strait-proxy"
+fi
 
 if [[ $mode == scale ]]; then
   exec "$bin/strait-bench" scale --out "$out" --bin-dir "$bin"

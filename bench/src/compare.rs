@@ -20,7 +20,13 @@ pub const INTERLEAVE_SLICE: Duration = Duration::from_millis(200);
 #[derive(Clone, Debug)]
 pub struct Opts {
     pub out_dir: PathBuf,
+    /// strait-bench (the backend) lives here.
     pub bin_dir: PathBuf,
+    /// The strait-proxy binary of the Strait paths (`make bench`: the PGO build).
+    pub proxy_bin: PathBuf,
+    /// When given, one more one-hop path runs this binary (`make bench`: the plain
+    /// release build), so what the PGO build buys is measured in the same run.
+    pub baseline_proxy_bin: Option<PathBuf>,
     pub quick: bool,
     /// Seconds per open-loop point run.
     pub duration: Duration,
@@ -159,7 +165,7 @@ fn write(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-fn strait_config(dir: &Path, endpoint: SocketAddr) -> Result<()> {
+pub fn strait_config(dir: &Path, endpoint: SocketAddr) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let manifests = format!(
         r#"apiVersion: v1
@@ -285,17 +291,68 @@ fn wait_ready(admin: SocketAddr, p: &mut Proc) -> Result<()> {
     bail!("{} not ready; log tail:\n{}", p.name, p.log_tail(20))
 }
 
-/// Starts the backend, three Strait processes, nginx and HAProxy.
+/// The listen addresses of one Strait process.
+#[derive(Clone, Copy, Debug)]
+pub struct StraitAddrs {
+    pub outbound: SocketAddr,
+    pub inbound: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl StraitAddrs {
+    fn from_free(a: &[SocketAddr]) -> Self {
+        StraitAddrs { outbound: a[0], inbound: a[1], admin: a[2] }
+    }
+}
+
+/// Starts strait-proxy `bin` in file mode on `config_dir` (inbound calls go to
+/// `app`), logging to `log`, and waits until it reports ready.
+pub fn spawn_strait(
+    name: &str,
+    cpus: Option<&str>,
+    bin: &Path,
+    config_dir: &Path,
+    addrs: StraitAddrs,
+    app: SocketAddr,
+    log: &Path,
+) -> Result<Proc> {
+    let args: Vec<String> = [
+        "--config-dir",
+        &config_dir.display().to_string(),
+        "--outbound-addr",
+        &addrs.outbound.to_string(),
+        "--inbound-addr",
+        &addrs.inbound.to_string(),
+        "--admin-addr",
+        &addrs.admin.to_string(),
+        "--inbound-app-addr",
+        &app.to_string(),
+        "--namespace",
+        NS,
+        "--log-level",
+        "warn",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut p = Proc::spawn(name, cpus, bin, &args, log)?;
+    wait_ready(addrs.admin, &mut p)?;
+    Ok(p)
+}
+
+/// Starts the backend, the Strait processes (three, four with a baseline binary),
+/// nginx and HAProxy.
 pub fn start_env(o: &Opts) -> Result<Env> {
     let cpus = o.server_cpus.as_deref();
     let run = o.out_dir.join("run");
     let _ = std::fs::remove_dir_all(&run);
     std::fs::create_dir_all(&run)?;
-    let a = procs::free_addrs(12)?;
+    let a = procs::free_addrs(15)?;
     let (backend_addr, nginx_addr, haproxy_addr) = (a[0], a[1], a[2]);
-    let (out_o, out_i, out_a) = (a[3], a[4], a[5]);
-    let (ma_o, ma_i, ma_a) = (a[6], a[7], a[8]);
-    let (mb_o, mb_i, mb_a) = (a[9], a[10], a[11]);
+    let outbound = StraitAddrs::from_free(&a[3..6]);
+    let mesh_client = StraitAddrs::from_free(&a[6..9]);
+    let mesh_server = StraitAddrs::from_free(&a[9..12]);
+    let baseline = StraitAddrs::from_free(&a[12..15]);
     let mut procs_: Vec<Proc> = Vec::new();
 
     let mut backend = Proc::spawn(
@@ -309,35 +366,37 @@ pub fn start_env(o: &Opts) -> Result<Env> {
     procs_.push(backend);
 
     strait_config(&run.join("strait-direct"), backend_addr)?;
-    strait_config(&run.join("strait-mesh"), mb_i)?;
-    let proxy_bin = o.bin_dir.join("strait-proxy");
-    let strait = |name: &str, dir: &str, (ob, ib, ad): (SocketAddr, SocketAddr, SocketAddr)| -> Result<Proc> {
-        let args: Vec<String> = [
-            "--config-dir",
-            &run.join(dir).display().to_string(),
-            "--outbound-addr",
-            &ob.to_string(),
-            "--inbound-addr",
-            &ib.to_string(),
-            "--admin-addr",
-            &ad.to_string(),
-            "--inbound-app-addr",
-            &backend_addr.to_string(),
-            "--namespace",
-            NS,
-            "--log-level",
-            "warn",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let mut p = Proc::spawn(name, cpus, &proxy_bin, &args, &run.join(format!("{name}.log")))?;
-        wait_ready(ad, &mut p)?;
-        Ok(p)
+    strait_config(&run.join("strait-mesh"), mesh_server.inbound)?;
+    let strait = |name: &str, bin: &Path, dir: &str, addrs: StraitAddrs| -> Result<Proc> {
+        spawn_strait(name, cpus, bin, &run.join(dir), addrs, backend_addr, &run.join(format!("{name}.log")))
     };
-    procs_.push(strait("strait-outbound", "strait-direct", (out_o, out_i, out_a))?);
-    procs_.push(strait("strait-mesh-client", "strait-mesh", (ma_o, ma_i, ma_a))?);
-    procs_.push(strait("strait-mesh-server", "strait-direct", (mb_o, mb_i, mb_a))?);
+    let t = |addr: SocketAddr| Target { addr, authority: AUTHORITY.to_owned() };
+    let mut paths =
+        vec![PathDef { name: "direct", description: "client → backend", target: t(backend_addr), procs: vec![] }];
+    procs_.push(strait("strait-outbound", &o.proxy_bin, "strait-direct", outbound)?);
+    paths.push(PathDef {
+        name: "strait-outbound",
+        description: "client → Strait outbound (authority routing) → backend",
+        target: t(outbound.outbound),
+        procs: vec![procs_.len() - 1],
+    });
+    if let Some(bin) = &o.baseline_proxy_bin {
+        procs_.push(strait("strait-outbound-plain", bin, "strait-direct", baseline)?);
+        paths.push(PathDef {
+            name: "strait-outbound-plain",
+            description: "the same one hop, strait-proxy built without PGO (plain release)",
+            target: t(baseline.outbound),
+            procs: vec![procs_.len() - 1],
+        });
+    }
+    procs_.push(strait("strait-mesh-client", &o.proxy_bin, "strait-mesh", mesh_client)?);
+    procs_.push(strait("strait-mesh-server", &o.proxy_bin, "strait-direct", mesh_server)?);
+    paths.push(PathDef {
+        name: "strait-mesh",
+        description: "client → Strait outbound → Strait inbound (2nd process) → backend",
+        target: t(mesh_client.outbound),
+        procs: vec![procs_.len() - 2, procs_.len() - 1],
+    });
 
     let nginx_dir = run.join("nginx");
     std::fs::create_dir_all(nginx_dir.join("tmp"))?;
@@ -358,6 +417,7 @@ pub fn start_env(o: &Opts) -> Result<Env> {
     )?;
     procs::wait_port(nginx_addr, &mut nginx, Duration::from_secs(10))?;
     procs_.push(nginx);
+    let nginx_proc = procs_.len() - 1;
 
     let hap_cfg = run.join("haproxy.cfg");
     write(&hap_cfg, &haproxy_conf(haproxy_addr, backend_addr))?;
@@ -370,35 +430,20 @@ pub fn start_env(o: &Opts) -> Result<Env> {
     )?;
     procs::wait_port(haproxy_addr, &mut hap, Duration::from_secs(10))?;
     procs_.push(hap);
+    let haproxy_proc = procs_.len() - 1;
 
-    let t = |addr: SocketAddr| Target { addr, authority: AUTHORITY.to_owned() };
-    let paths = vec![
-        PathDef { name: "direct", description: "client → backend", target: t(backend_addr), procs: vec![] },
-        PathDef {
-            name: "strait-outbound",
-            description: "client → Strait outbound (authority routing) → backend",
-            target: t(out_o),
-            procs: vec![1],
-        },
-        PathDef {
-            name: "strait-mesh",
-            description: "client → Strait outbound → Strait inbound (2nd process) → backend",
-            target: t(ma_o),
-            procs: vec![2, 3],
-        },
-        PathDef {
-            name: "nginx",
-            description: "client → nginx grpc_pass → backend",
-            target: t(nginx_addr),
-            procs: vec![4],
-        },
-        PathDef {
-            name: "haproxy",
-            description: "client → HAProxy (h2 both sides) → backend",
-            target: t(haproxy_addr),
-            procs: vec![5],
-        },
-    ];
+    paths.push(PathDef {
+        name: "nginx",
+        description: "client → nginx grpc_pass → backend",
+        target: t(nginx_addr),
+        procs: vec![nginx_proc],
+    });
+    paths.push(PathDef {
+        name: "haproxy",
+        description: "client → HAProxy (h2 both sides) → backend",
+        target: t(haproxy_addr),
+        procs: vec![haproxy_proc],
+    });
     let mut env = Env { procs: procs_, backend: 0, paths, idle_rss: vec![], backend_idle_rss: 0 };
     // Idle RSS: started and ready, before any traffic.
     std::thread::sleep(Duration::from_millis(300));
@@ -536,7 +581,11 @@ pub async fn run(o: Opts) -> Result<Value> {
     let t0 = Instant::now();
     std::fs::create_dir_all(&o.out_dir)?;
     let mut env = start_env(&o)?;
-    eprintln!("== started: backend, 3 × strait-proxy, nginx, haproxy (server cpus {:?})", o.server_cpus);
+    eprintln!(
+        "== started: backend, {} × strait-proxy, nginx, haproxy (server cpus {:?})",
+        env.procs.len() - 3,
+        o.server_cpus
+    );
     // Warm-up: connections, pools, caches; any failing path aborts the benchmark.
     let warm = Workload::unary("unary_100B", 100);
     for i in 0..env.paths.len() {

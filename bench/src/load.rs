@@ -51,6 +51,20 @@ impl Workload {
         let probe = Probe { payload: "x".repeat(payload_len), stream_count: count, ..Probe::default() };
         Workload { name, path: STREAM_PATH, frame: grpc_frame(&probe), messages: count }
     }
+
+    /// The benchmark's three calls, in the order its report lists them.
+    pub fn all() -> [Workload; 3] {
+        [
+            Workload::unary("unary_100B", 100),
+            Workload::unary("unary_16KiB", 16 * 1024),
+            Workload::stream("stream_10x100B", 100, 10),
+        ]
+    }
+
+    /// One of [`Workload::all`] by name.
+    pub fn by_name(name: &str) -> Option<Workload> {
+        Workload::all().into_iter().find(|w| w.name == name)
+    }
 }
 
 /// gRPC length-prefixed message: flag 0 (uncompressed), u32 big-endian length, bytes.

@@ -4,6 +4,7 @@
 //!   and, unless `--quick`, the Kubernetes-mode scale test; writes results.json,
 //!   results.md and latency.png into `--out`, prints the Markdown.
 //! - `scale`: only the scale test (scale.json, scale.md).
+//! - `pgo-train`: the training run of the PGO build (`scripts/pgo-build.sh`).
 //! - `load`: one ad-hoc generator run against any h2c gRPC address (demo Echo service).
 //!
 //! The generator runs on this process's single-threaded runtime; pin this process to a
@@ -16,6 +17,7 @@ mod load;
 mod procs;
 mod report;
 mod scale;
+mod train;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -37,17 +39,33 @@ struct Common {
     /// Directory holding strait-proxy and strait-demo-server (release build).
     #[arg(long, default_value = "target/release")]
     bin_dir: PathBuf,
+    /// The strait-proxy measured (default: `--bin-dir`/strait-proxy; `make bench`: the
+    /// PGO build).
+    #[arg(long, env = "BENCH_PROXY_BIN")]
+    proxy_bin: Option<PathBuf>,
 }
 
 impl Common {
     /// nginx resolves relative paths against its prefix: make them absolute.
     fn absolute(self) -> Self {
-        Common { out: absolute(&self.out), bin_dir: absolute(&self.bin_dir) }
+        Common {
+            out: absolute(&self.out),
+            bin_dir: absolute(&self.bin_dir),
+            proxy_bin: self.proxy_bin.as_deref().map(absolute),
+        }
+    }
+
+    fn proxy_bin(&self) -> PathBuf {
+        self.proxy_bin.clone().unwrap_or_else(|| self.bin_dir.join("strait-proxy"))
     }
 }
 
 #[derive(clap::Args, Clone)]
 struct CompareArgs {
+    /// A second strait-proxy build measured as one more one-hop path in the same run
+    /// (`make bench`: the plain release build beside the PGO build).
+    #[arg(long, env = "BENCH_BASELINE_PROXY_BIN")]
+    baseline_proxy_bin: Option<PathBuf>,
     /// ~1 minute: short runs, 2 repeats, no scale test.
     #[arg(long, env = "BENCH_QUICK", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
     quick: bool,
@@ -132,6 +150,21 @@ enum Cmd {
         #[arg(long)]
         haproxy_listen: std::net::SocketAddr,
     },
+    /// The profile-guided-optimisation training run (`scripts/pgo-build.sh`): starts
+    /// `--proxy` (an instrumented build) as an outbound hop and as a mesh pair, sends the
+    /// benchmark's workloads through both, and stops them with SIGTERM so each writes
+    /// its profile (to `LLVM_PROFILE_FILE`). Fails if any call fails or a proxy does not
+    /// exit cleanly.
+    PgoTrain {
+        #[arg(long)]
+        proxy: PathBuf,
+        /// Configs and logs of the run.
+        #[arg(long, default_value = "target/pgo/train")]
+        out: PathBuf,
+        /// Seconds per workload and path.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+    },
     /// One generator run (demo Echo service) against `--addr`; several `--addr`s take
     /// turns in `--slice-ms` stretches, one line each (open loop: of one schedule, each
     /// turn's first call warming its path up, left out of the percentiles; closed loop:
@@ -164,6 +197,8 @@ fn compare_opts(common: &Common, c: &CompareArgs) -> compare::Opts {
     compare::Opts {
         out_dir: common.out.clone(),
         bin_dir: common.bin_dir.clone(),
+        proxy_bin: common.proxy_bin(),
+        baseline_proxy_bin: c.baseline_proxy_bin.as_deref().map(absolute),
         quick: q,
         duration: Duration::from_secs_f64(c.duration.unwrap_or(if q { 1.2 } else { 6.0 })),
         sat_duration: Duration::from_secs_f64(c.sat_duration.unwrap_or(if q { 1.2 } else { 4.0 })),
@@ -179,7 +214,7 @@ fn compare_opts(common: &Common, c: &CompareArgs) -> compare::Opts {
 
 fn scale_opts(common: &Common, s: &ScaleArgs) -> scale::ScaleOpts {
     scale::ScaleOpts {
-        bin_dir: common.bin_dir.clone(),
+        proxy_bin: common.proxy_bin(),
         out_dir: common.out.clone(),
         services: s.services,
         endpoints_per_service: s.endpoints_per_service,
@@ -261,14 +296,21 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{md}");
         }
         Cmd::Backend { .. } => unreachable!("handled in main"),
+        Cmd::PgoTrain { proxy, out, seconds } => {
+            let o = train::Opts {
+                proxy_bin: absolute(&proxy),
+                bench_bin: std::env::current_exe().context("locating strait-bench")?,
+                out_dir: absolute(&out),
+                per_workload: Duration::from_secs_f64(seconds.max(0.1)),
+            };
+            train::run(&o).await?;
+        }
         Cmd::Configs { dir, backend, haproxy_listen } => compare::write_configs(&dir, backend, haproxy_listen)?,
         Cmd::Load { addr, authority, workload, rate, concurrency, duration, conns, slice_ms } => {
-            let w = match workload.as_str() {
-                "unary_100B" => load::Workload::unary("unary_100B", 100),
-                "unary_16KiB" => load::Workload::unary("unary_16KiB", 16 * 1024),
-                "stream_10x100B" => load::Workload::stream("stream_10x100B", 100, 10),
-                other => anyhow::bail!("unknown workload {other}"),
-            };
+            let w = load::Workload::by_name(&workload).with_context(|| {
+                let names: Vec<&str> = load::Workload::all().iter().map(|w| w.name).collect();
+                format!("unknown workload {workload} (one of: {})", names.join(", "))
+            })?;
             let duration = Duration::from_secs_f64(duration);
             let targets: Vec<load::Target> =
                 addr.into_iter().map(|addr| load::Target { addr, authority: authority.clone() }).collect();

@@ -52,6 +52,24 @@ impl Proc {
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
+    /// SIGTERM, then waits up to `timeout` for the exit: an error unless the process
+    /// exited by itself with status 0 (a killed process writes no PGO profile, for one).
+    pub fn stop(mut self, timeout: Duration) -> Result<()> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().context("running kill")?;
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                if status.success() {
+                    return Ok(());
+                }
+                bail!("{} exited with {status} after SIGTERM; log tail:\n{}", self.name, self.log_tail(20));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("{} still running {timeout:?} after SIGTERM; log tail:\n{}", self.name, self.log_tail(20))
+    }
+
     pub fn check_alive(&mut self) -> Result<()> {
         if let Some(status) = self.child.try_wait()? {
             bail!("{} exited ({status}); log tail:\n{}", self.name, self.log_tail(20));
@@ -62,9 +80,12 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return; // already exited and reaped (`stop`)
+        }
         let pid = self.child.id() as i32;
         // kill(1) by our own child's id (no unsafe libc call).
-        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).stderr(Stdio::null()).status();
         for _ in 0..50 {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return;

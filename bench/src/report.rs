@@ -145,6 +145,8 @@ pub fn build_json(
             "interleave_slice_ms": crate::compare::INTERLEAVE_SLICE.as_millis() as u64,
             "high_rate_fraction_of_slowest_saturation": o.high_fraction,
             "generator_cpus": o.gen_cpus, "server_cpus": o.server_cpus,
+            "strait_proxy_bin": o.proxy_bin.display().to_string(),
+            "baseline_proxy_bin": o.baseline_proxy_bin.as_ref().map(|p| p.display().to_string()),
         },
         "paths": paths,
         "backend": {"rss_idle_bytes": env.backend_idle_rss, "rss_peak_bytes": peaks.last().copied().unwrap_or(0)},
@@ -211,6 +213,11 @@ pub fn markdown(r: &Value) -> String {
         s["client_connections"],
         if s["quick"].as_bool() == Some(true) { "**BENCH_QUICK=1 (short runs, indicative only)**" } else { "full run" },
     ));
+    out.push_str(&format!("- Strait paths run `{}`", s["strait_proxy_bin"].as_str().unwrap_or("")));
+    match s["baseline_proxy_bin"].as_str() {
+        Some(b) => out.push_str(&format!("; `strait-outbound-plain` runs `{b}` (the same one hop, the other build)\n")),
+        None => out.push('\n'),
+    }
     out.push_str("- latency is measured from the *intended* send time of a constant-rate schedule (coordinated omission corrected), to the end of the response (trailers)\n\n");
 
     let points = r["points"].as_array().cloned().unwrap_or_default();

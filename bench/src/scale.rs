@@ -16,7 +16,8 @@ use strait_testenv::{TestEnv, TestEnvOptions};
 
 #[derive(Clone, Debug)]
 pub struct ScaleOpts {
-    pub bin_dir: PathBuf,
+    /// The strait-proxy measured.
+    pub proxy_bin: PathBuf,
     pub out_dir: PathBuf,
     pub services: usize,
     pub endpoints_per_service: usize,
@@ -171,7 +172,7 @@ pub async fn run(o: &ScaleOpts) -> Result<Value> {
     let a = procs::free_addrs(3)?;
     let log = o.out_dir.join("scale-proxy.log");
     let out = std::fs::File::create(&log)?;
-    let mut cmd = std::process::Command::new(o.bin_dir.join("strait-proxy"));
+    let mut cmd = std::process::Command::new(&o.proxy_bin);
     cmd.env("KUBECONFIG", env.kubeconfig_path())
         .env_remove("STRAIT_CONFIG_DIR")
         .env_remove("KUBERNETES_SERVICE_HOST")
