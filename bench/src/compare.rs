@@ -291,6 +291,14 @@ fn wait_ready(admin: SocketAddr, p: &mut Proc) -> Result<()> {
     bail!("{} not ready; log tail:\n{}", p.name, p.log_tail(20))
 }
 
+/// Starts `strait-bench backend` (`bench_bin`) on `addr` and waits until it listens.
+pub fn spawn_backend(cpus: Option<&str>, bench_bin: &Path, addr: SocketAddr, log: &Path) -> Result<Proc> {
+    let mut backend =
+        Proc::spawn("backend", cpus, bench_bin, &["backend".into(), "--addr".into(), addr.to_string()], log)?;
+    procs::wait_port(addr, &mut backend, Duration::from_secs(10))?;
+    Ok(backend)
+}
+
 /// The listen addresses of one Strait process.
 #[derive(Clone, Copy, Debug)]
 pub struct StraitAddrs {
@@ -355,15 +363,7 @@ pub fn start_env(o: &Opts) -> Result<Env> {
     let baseline = StraitAddrs::from_free(&a[12..15]);
     let mut procs_: Vec<Proc> = Vec::new();
 
-    let mut backend = Proc::spawn(
-        "backend",
-        cpus,
-        &o.bin_dir.join("strait-bench"),
-        &["backend".into(), "--addr".into(), backend_addr.to_string()],
-        &run.join("backend.log"),
-    )?;
-    procs::wait_port(backend_addr, &mut backend, Duration::from_secs(10))?;
-    procs_.push(backend);
+    procs_.push(spawn_backend(cpus, &o.bin_dir.join("strait-bench"), backend_addr, &run.join("backend.log"))?);
 
     strait_config(&run.join("strait-direct"), backend_addr)?;
     strait_config(&run.join("strait-mesh"), mesh_server.inbound)?;

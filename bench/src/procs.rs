@@ -2,7 +2,7 @@
 use anyhow::{Context, Result, bail};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -55,19 +55,32 @@ impl Proc {
     /// SIGTERM, then waits up to `timeout` for the exit: an error unless the process
     /// exited by itself with status 0 (a killed process writes no PGO profile, for one).
     pub fn stop(mut self, timeout: Duration) -> Result<()> {
+        match self.terminate(timeout)? {
+            Some(status) if status.success() => Ok(()),
+            Some(status) => bail!("{} exited with {status} after SIGTERM; log tail:\n{}", self.name, self.log_tail(20)),
+            None => bail!("{} still running {timeout:?} after SIGTERM; log tail:\n{}", self.name, self.log_tail(20)),
+        }
+    }
+
+    /// Sends SIGTERM unless the process has exited already, then polls for its exit
+    /// for up to `timeout`: its status, or `None` if it is still running.
+    fn terminate(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(Some(status));
+        }
+        // kill(1) by our own child's id (no unsafe libc call).
         let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().context("running kill")?;
+        Command::new("kill").args(["-TERM", &pid]).stderr(Stdio::null()).status().context("running kill")?;
         let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
+        loop {
             if let Some(status) = self.child.try_wait()? {
-                if status.success() {
-                    return Ok(());
-                }
-                bail!("{} exited with {status} after SIGTERM; log tail:\n{}", self.name, self.log_tail(20));
+                return Ok(Some(status));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        bail!("{} still running {timeout:?} after SIGTERM; log tail:\n{}", self.name, self.log_tail(20))
     }
 
     pub fn check_alive(&mut self) -> Result<()> {
@@ -80,17 +93,8 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return; // already exited and reaped (`stop`)
-        }
-        let pid = self.child.id() as i32;
-        // kill(1) by our own child's id (no unsafe libc call).
-        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).stderr(Stdio::null()).status();
-        for _ in 0..50 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Ok(Some(_)) = self.terminate(Duration::from_secs(1)) {
+            return;
         }
         let _ = self.child.kill();
         let _ = self.child.wait();

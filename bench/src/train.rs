@@ -10,7 +10,7 @@
 //! would optimise the error paths.
 use crate::compare::{self, StraitAddrs};
 use crate::load::{self, Mode, Target, Workload};
-use crate::procs::{self, Proc};
+use crate::procs;
 use anyhow::{Result, bail};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -42,14 +42,7 @@ pub async fn run(o: &Opts) -> Result<Summary> {
     let hop = StraitAddrs { outbound: a[1], inbound: a[2], admin: a[3] };
     let mesh_client = StraitAddrs { outbound: a[4], inbound: a[5], admin: a[6] };
 
-    let mut backend = Proc::spawn(
-        "backend",
-        None,
-        &o.bench_bin,
-        &["backend".into(), "--addr".into(), backend_addr.to_string()],
-        &o.out_dir.join("backend.log"),
-    )?;
-    procs::wait_port(backend_addr, &mut backend, Duration::from_secs(10))?;
+    let backend = compare::spawn_backend(None, &o.bench_bin, backend_addr, &o.out_dir.join("backend.log"))?;
     // `hop` is both the outbound hop and the mesh's server side: its inbound listener
     // hands calls to the backend.
     let hop_cfg = o.out_dir.join("hop");
