@@ -227,8 +227,9 @@ pub fn markdown(r: &Value) -> String {
         p["mode"]["kind"] == "open" && p["mode"]["rate_rps"] == s["high_rate_rps"] && p["workload"] == "unary_100B"
     });
     out.push_str(&format!(
-        "## Throughput and resources (unary ~100 B)\n\nCPU per 1000 requests is the proxy process(es)' utime+stime during the \
-         {} rps open-loop runs (mesh: both Strait processes; nginx: master + worker); RSS sums the path's proxy processes \
+        "## Throughput and resources (unary ~100 B)\n\nCPU per 1000 requests is the proxy process(es)' CPU time during the {} rps open-loop runs \
+         (mesh: both Strait processes; nginx: master + worker), read in ns from each process's CPU-time clock; \
+         the open-loop tables below give it at every rate. RSS sums the path's proxy processes \
          (idle: ready, before traffic; peak: sampled every 100 ms over the whole run).\n\n",
         s["high_rate_rps"]
     ));
@@ -270,7 +271,7 @@ pub fn markdown(r: &Value) -> String {
             pt["request_frame_bytes"],
             pt["response_messages"]
         ));
-        out.push_str("| path | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | added p99.9 µs | all repeats p50 / p90 / p99 / p99.9 µs | p50 × direct | errors |\n|---|---|---|---|---|---|---|---|---|---|\n");
+        out.push_str("| path | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | added p99.9 µs | all repeats p50 / p90 / p99 / p99.9 µs | p50 × direct | proxy CPU ms / 1k req | errors |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
         for p in &paths {
             let name = p["name"].as_str().unwrap_or("");
             let v = &pt["paths"][name];
@@ -280,7 +281,7 @@ pub fn markdown(r: &Value) -> String {
             let merged = &v["merged_percentiles_us"];
             let m = |k: &str| merged[k].as_f64().map(|x| format!("{x:.0}")).unwrap_or_else(|| "–".into());
             out.push_str(&format!(
-                "| {name} | {} | {} | {} | {} | {} | {} | {} / {} / {} / {} | {} | {} |\n",
+                "| {name} | {} | {} | {} | {} | {} | {} | {} / {} / {} / {} | {} | {} | {} |\n",
                 fmt_spread(f(v, "p50_us"), 0),
                 fmt_spread(f(v, "p99_us"), 0),
                 fmt_spread(f(v, "p999_us"), 0),
@@ -292,6 +293,7 @@ pub fn markdown(r: &Value) -> String {
                 m("p99"),
                 m("p99.9"),
                 if name == "direct" { "1".to_owned() } else { fmt_spread(f(v, "p50_ratio"), 2) },
+                if name == "direct" { "–".to_owned() } else { fmt_spread(f(v, "proxy_cpu_ms_per_1k"), 1) },
                 v["errors"],
             ));
         }
