@@ -315,6 +315,9 @@ impl StraitAddrs {
 
 /// Starts strait-proxy `bin` in file mode on `config_dir` (inbound calls go to
 /// `app`), logging to `log`, and waits until it reports ready.
+/// The A/A control path: HAProxy again, in its own process (see `start_env`).
+pub const CONTROL_PATH: &str = "haproxy-b";
+
 pub fn spawn_strait(
     name: &str,
     cpus: Option<&str>,
@@ -349,13 +352,13 @@ pub fn spawn_strait(
 }
 
 /// Starts the backend, the Strait processes (three, four with a baseline binary),
-/// nginx and HAProxy.
+/// nginx and HAProxy (twice: the second process is the A/A control).
 pub fn start_env(o: &Opts) -> Result<Env> {
     let cpus = o.server_cpus.as_deref();
     let run = o.out_dir.join("run");
     let _ = std::fs::remove_dir_all(&run);
     std::fs::create_dir_all(&run)?;
-    let a = procs::free_addrs(15)?;
+    let a = procs::free_addrs(16)?;
     let (backend_addr, nginx_addr, haproxy_addr) = (a[0], a[1], a[2]);
     let outbound = StraitAddrs::from_free(&a[3..6]);
     let mesh_client = StraitAddrs::from_free(&a[6..9]);
@@ -443,6 +446,28 @@ pub fn start_env(o: &Opts) -> Result<Env> {
         description: "client → HAProxy (h2 both sides) → backend",
         target: t(haproxy_addr),
         procs: vec![haproxy_proc],
+    });
+
+    // The A/A control: a second HAProxy process with the same configuration. The two
+    // differ only by the machine's noise, so the spread between them is the smallest
+    // difference between any two paths this run can resolve.
+    let control_addr = a[15];
+    let control_cfg = run.join("haproxy-b.cfg");
+    write(&control_cfg, &haproxy_conf(control_addr, backend_addr))?;
+    let mut control = Proc::spawn(
+        CONTROL_PATH,
+        cpus,
+        &find_tool("haproxy")?,
+        &["-f".into(), control_cfg.display().to_string(), "-db".into()],
+        &run.join("haproxy-b.log"),
+    )?;
+    procs::wait_port(control_addr, &mut control, Duration::from_secs(10))?;
+    procs_.push(control);
+    paths.push(PathDef {
+        name: CONTROL_PATH,
+        description: "a second HAProxy process, same configuration: the A/A control (what differs from haproxy is noise)",
+        target: t(control_addr),
+        procs: vec![procs_.len() - 1],
     });
     let mut env = Env { procs: procs_, backend: 0, paths, idle_rss: vec![], backend_idle_rss: 0 };
     // Idle RSS: started and ready, before any traffic.
@@ -582,8 +607,8 @@ pub async fn run(o: Opts) -> Result<Value> {
     std::fs::create_dir_all(&o.out_dir)?;
     let mut env = start_env(&o)?;
     eprintln!(
-        "== started: backend, {} × strait-proxy, nginx, haproxy (server cpus {:?})",
-        env.procs.len() - 3,
+        "== started: backend, {} × strait-proxy, nginx, 2 × haproxy (server cpus {:?})",
+        env.procs.len() - 4,
         o.server_cpus
     );
     // Warm-up: connections, pools, caches; any failing path aborts the benchmark.

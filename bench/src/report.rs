@@ -298,6 +298,7 @@ pub fn markdown(r: &Value) -> String {
             ));
         }
         out.push('\n');
+        out.push_str(&paired_table(pt));
     }
     let h = &r["h2load_cross_check"];
     if h.get("h2load_rps_median").is_some() {
@@ -321,6 +322,63 @@ pub fn markdown(r: &Value) -> String {
         "Total benchmark time: {:.0} s. Raw numbers: results.json; chart: latency.png.\n",
         r["total_seconds"].as_f64().unwrap_or(0.0)
     ));
+    out
+}
+
+/// Per-repeat values of `key` for `path` at point `pt`, in repeat order.
+fn repeat_values(pt: &Value, path: &str, key: &str) -> Vec<f64> {
+    pt["paths"][path][key]["values"]
+        .as_array()
+        .map(|v| v.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default()
+}
+
+/// `a − b` per repeat: both paths ran in the same repeat, turn about, so the machine's
+/// slow stretches fell on both.
+fn paired_differences(pt: &Value, a: &str, b: &str, key: &str) -> Vec<f64> {
+    repeat_values(pt, a, key).iter().zip(repeat_values(pt, b, key)).map(|(x, y)| x - y).collect()
+}
+
+/// The comparisons the targets rest on, next to the A/A control (two HAProxy processes
+/// with one configuration): a difference inside the control's spread is not one this
+/// run resolves.
+fn paired_table(pt: &Value) -> String {
+    use crate::compare::CONTROL_PATH;
+    let has = |p: &str| pt["paths"].get(p).is_some();
+    let pairs = [
+        (CONTROL_PATH, "haproxy", " (A/A control: noise)"),
+        ("strait-outbound", "haproxy", ""),
+        ("strait-outbound", "nginx", ""),
+    ];
+    let mut out = String::from(
+        "| paired per repeat, median [min–max] | p50 µs | p99 µs | p99 of all repeats µs | proxy CPU ms / 1k req |\n|---|---|---|---|---|\n",
+    );
+    let mut rows = 0;
+    for (a, b, note) in pairs {
+        if !has(a) || !has(b) {
+            continue;
+        }
+        let d = |key: &str, prec: usize| {
+            let v = paired_differences(pt, a, b, key);
+            if v.is_empty() { "–".to_owned() } else { fmt_spread(stats(&v), prec) }
+        };
+        let pooled = |p: &str| pt["paths"][p]["merged_percentiles_us"]["p99"].as_f64();
+        let pooled_diff = match (pooled(a), pooled(b)) {
+            (Some(x), Some(y)) => format!("{:.0}", x - y),
+            _ => "–".to_owned(),
+        };
+        out.push_str(&format!(
+            "| {a} − {b}{note} | {} | {} | {pooled_diff} | {} |\n",
+            d("p50_us", 0),
+            d("p99_us", 0),
+            d("proxy_cpu_ms_per_1k", 1)
+        ));
+        rows += 1;
+    }
+    if rows == 0 {
+        return String::new();
+    }
+    out.push('\n');
     out
 }
 
@@ -487,4 +545,42 @@ pub fn write_png(r: &Value, path: &Path) -> Result<()> {
     }
     root.present()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(p50: &[f64], p99: &[f64], cpu: &[f64], pooled_p99: f64) -> Value {
+        json!({"p50_us": stats_json(p50), "p99_us": stats_json(p99), "proxy_cpu_ms_per_1k": stats_json(cpu),
+               "merged_percentiles_us": {"p99": pooled_p99}})
+    }
+
+    #[test]
+    fn paired_table_subtracts_repeat_by_repeat_beside_the_control() {
+        let pt = json!({"paths": {
+            "haproxy": path(&[100.0, 110.0, 120.0], &[300.0, 500.0, 400.0], &[50.0, 52.0, 54.0], 450.0),
+            "haproxy-b": path(&[104.0, 108.0, 121.0], &[320.0, 470.0, 400.0], &[51.0, 52.0, 53.0], 440.0),
+            "strait-outbound": path(&[80.0, 95.0, 100.0], &[290.0, 520.0, 350.0], &[45.0, 46.0, 49.0], 460.0),
+        }});
+        let t = paired_table(&pt);
+        // Per repeat, not the difference of medians: strait's p99s are 290, 520, 350
+        // against 300, 500, 400 → −10, +20, −50.
+        assert!(
+            t.contains("| strait-outbound − haproxy | -20 [-20–-15] | -10 [-50–20] | 10 | -5.0 [-6.0–-5.0] |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| haproxy-b − haproxy (A/A control: noise) | 1 [-2–4] | 0 [-30–20] | -10 | 0.0 [-1.0–1.0] |"),
+            "{t}"
+        );
+        // No nginx path, no nginx row.
+        assert!(!t.contains("nginx"), "{t}");
+    }
+
+    #[test]
+    fn paired_table_is_empty_without_the_paths() {
+        let pt = json!({"paths": {"direct": path(&[1.0], &[2.0], &[0.0], 2.0)}});
+        assert_eq!(paired_table(&pt), "");
+    }
 }
