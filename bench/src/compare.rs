@@ -315,6 +315,22 @@ impl StraitAddrs {
 
 /// Starts strait-proxy `bin` in file mode on `config_dir` (inbound calls go to
 /// `app`), logging to `log`, and waits until it reports ready.
+/// HAProxy h2 one hop as process `name`: its configuration `<run>/<name>.cfg`, its
+/// output `<run>/<name>.log`; returns once it listens on `listen`.
+fn spawn_haproxy(name: &str, cpus: Option<&str>, run: &Path, listen: SocketAddr, backend: SocketAddr) -> Result<Proc> {
+    let cfg = run.join(format!("{name}.cfg"));
+    write(&cfg, &haproxy_conf(listen, backend))?;
+    let mut hap = Proc::spawn(
+        name,
+        cpus,
+        &find_tool("haproxy")?,
+        &["-f".into(), cfg.display().to_string(), "-db".into()],
+        &run.join(format!("{name}.log")),
+    )?;
+    procs::wait_port(listen, &mut hap, Duration::from_secs(10))?;
+    Ok(hap)
+}
+
 /// The A/A control path: HAProxy again, in its own process (see `start_env`).
 pub const CONTROL_PATH: &str = "haproxy-b";
 
@@ -422,17 +438,7 @@ pub fn start_env(o: &Opts) -> Result<Env> {
     procs_.push(nginx);
     let nginx_proc = procs_.len() - 1;
 
-    let hap_cfg = run.join("haproxy.cfg");
-    write(&hap_cfg, &haproxy_conf(haproxy_addr, backend_addr))?;
-    let mut hap = Proc::spawn(
-        "haproxy",
-        cpus,
-        &find_tool("haproxy")?,
-        &["-f".into(), hap_cfg.display().to_string(), "-db".into()],
-        &run.join("haproxy.log"),
-    )?;
-    procs::wait_port(haproxy_addr, &mut hap, Duration::from_secs(10))?;
-    procs_.push(hap);
+    procs_.push(spawn_haproxy("haproxy", cpus, &run, haproxy_addr, backend_addr)?);
     let haproxy_proc = procs_.len() - 1;
 
     paths.push(PathDef {
@@ -452,17 +458,7 @@ pub fn start_env(o: &Opts) -> Result<Env> {
     // differ only by the machine's noise, so the spread between them is the smallest
     // difference between any two paths this run can resolve.
     let control_addr = a[15];
-    let control_cfg = run.join("haproxy-b.cfg");
-    write(&control_cfg, &haproxy_conf(control_addr, backend_addr))?;
-    let mut control = Proc::spawn(
-        CONTROL_PATH,
-        cpus,
-        &find_tool("haproxy")?,
-        &["-f".into(), control_cfg.display().to_string(), "-db".into()],
-        &run.join("haproxy-b.log"),
-    )?;
-    procs::wait_port(control_addr, &mut control, Duration::from_secs(10))?;
-    procs_.push(control);
+    procs_.push(spawn_haproxy(CONTROL_PATH, cpus, &run, control_addr, backend_addr)?);
     paths.push(PathDef {
         name: CONTROL_PATH,
         description: "a second HAProxy process, same configuration: the A/A control (what differs from haproxy is noise)",
