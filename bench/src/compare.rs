@@ -313,8 +313,6 @@ impl StraitAddrs {
     }
 }
 
-/// Starts strait-proxy `bin` in file mode on `config_dir` (inbound calls go to
-/// `app`), logging to `log`, and waits until it reports ready.
 /// HAProxy h2 one hop as process `name`: its configuration `<run>/<name>.cfg`, its
 /// output `<run>/<name>.log`; returns once it listens on `listen`.
 fn spawn_haproxy(name: &str, cpus: Option<&str>, run: &Path, listen: SocketAddr, backend: SocketAddr) -> Result<Proc> {
@@ -334,6 +332,8 @@ fn spawn_haproxy(name: &str, cpus: Option<&str>, run: &Path, listen: SocketAddr,
 /// The A/A control path: HAProxy again, in its own process (see `start_env`).
 pub const CONTROL_PATH: &str = "haproxy-b";
 
+/// Starts strait-proxy `bin` in file mode on `config_dir` (inbound calls go to
+/// `app`), logging to `log`, and waits until it reports ready.
 pub fn spawn_strait(
     name: &str,
     cpus: Option<&str>,
