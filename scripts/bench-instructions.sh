@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make bench-instructions`: instructions per proxied gRPC call, Strait one hop (the PGO
-# build and the plain release build) vs HAProxy h2 one hop, counted by callgrind on the same backend in the same run. Instruction
-# counts repeat to within ~0.2% on this machine whatever else it is doing, so they show
-# request-path changes that wall-clock runs here (±20% between runs) cannot.
+# build and the plain release build) vs HAProxy h2 one hop, counted by callgrind on the
+# same backend in the same run. Instruction counts repeat to within ~0.2% on this
+# machine whatever else it is doing, so they show request-path changes that wall-clock
+# runs here (±20% between runs) cannot.
 #
 # Each proxy runs under valgrind on CPU 1 with the backend; the generator (CPU 0) sends
 # RATE calls/s open loop (default 100: one call at a time, no batching, the low-rate

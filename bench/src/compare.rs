@@ -308,7 +308,8 @@ pub struct StraitAddrs {
 }
 
 impl StraitAddrs {
-    fn from_free(a: &[SocketAddr]) -> Self {
+    /// Outbound, inbound and admin from three consecutive free addresses.
+    pub fn from_free(a: &[SocketAddr]) -> Self {
         StraitAddrs { outbound: a[0], inbound: a[1], admin: a[2] }
     }
 }

@@ -248,28 +248,24 @@ mod tests {
     /// kernel's tick count.
     #[test]
     fn cpu_seconds_reads_another_process_precisely() {
-        // Bounded (a counter, and killed on drop), so a failed assertion leaves nothing
-        // spinning.
-        struct KillOnDrop(Child);
-        impl Drop for KillOnDrop {
-            fn drop(&mut self) {
-                let _ = self.0.kill();
-                let _ = self.0.wait();
-            }
-        }
-        let busy = KillOnDrop(
-            Command::new("sh")
-                .args(["-c", "i=0; while [ $i -lt 50000000 ]; do i=$((i+1)); done"])
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("spawn a busy shell"),
-        );
-        let pid = busy.0.id();
+        // Bounded: a counter, and a `Proc`, killed when dropped, so a failed assertion
+        // leaves nothing spinning.
+        let log = std::env::temp_dir().join(format!("strait-bench-busy-{}.log", std::process::id()));
+        let busy = Proc::spawn(
+            "busy",
+            None,
+            Path::new("sh"),
+            &["-c".into(), "i=0; while [ $i -lt 50000000 ]; do i=$((i+1)); done".into()],
+            &log,
+        )
+        .expect("spawn a busy shell");
+        let pid = busy.pid();
         let (c0, t0) = (cpu_seconds(pid), Instant::now());
         std::thread::sleep(Duration::from_millis(400));
         let (c1, wall) = (cpu_seconds(pid), t0.elapsed().as_secs_f64());
         let ticks = cpu_seconds_from_ticks(pid);
         drop(busy);
+        let _ = std::fs::remove_file(&log);
         let used = c1 - c0;
         assert!(used > 0.02, "a busy loop used {used} s of CPU in {wall} s");
         assert!(used <= wall * 1.02, "one thread used {used} s of CPU in {wall} s of wall time");

@@ -39,8 +39,8 @@ pub async fn run(o: &Opts) -> Result<Summary> {
     std::fs::create_dir_all(&o.out_dir)?;
     let a = procs::free_addrs(7)?;
     let backend_addr = a[0];
-    let hop = StraitAddrs { outbound: a[1], inbound: a[2], admin: a[3] };
-    let mesh_client = StraitAddrs { outbound: a[4], inbound: a[5], admin: a[6] };
+    let hop = StraitAddrs::from_free(&a[1..4]);
+    let mesh_client = StraitAddrs::from_free(&a[4..7]);
 
     let backend = compare::spawn_backend(None, &o.bench_bin, backend_addr, &o.out_dir.join("backend.log"))?;
     // `hop` is both the outbound hop and the mesh's server side: its inbound listener
