@@ -6,7 +6,8 @@
 # Environment: BENCH_PGO=0 (no PGO build: the plain release build alone), BENCH_QUICK=1
 # (~1 min, no scale part), BENCH_DURATION / BENCH_SAT_DURATION
 # (seconds per run), BENCH_REPEATS, BENCH_CONCURRENCY, BENCH_CONNS, BENCH_LOW_RATE,
-# BENCH_HIGH_FRACTION, BENCH_GEN_CPUS / BENCH_SERVER_CPUS (override the pinning),
+# BENCH_HIGH_FRACTION, BENCH_TAIL_RATE / BENCH_TAIL_DURATION (the call-by-call tail
+# points: rps per path, seconds per repeat), BENCH_GEN_CPUS / BENCH_SERVER_CPUS (override the pinning),
 # BENCH_SCALE_SERVICES / _ROUTES / _ENDPOINTS_PER_SERVICE / _CHANGES / _PARALLELISM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +22,7 @@ fi
 cargo build --release -p strait-proxy -p strait-bench -p strait-demo
 bin="$target/release"
 
-# The Strait paths run the PGO build (the one a release ships, `make pgo`), and the
+# The Strait paths run the PGO + BOLT build (the one a release ships, `make pgo`), and the
 # plain release build runs beside it as one more one-hop path: what PGO buys is
 # measured in the same run. BENCH_PGO=0 measures the plain build alone.
 if [[ ${BENCH_PGO:-1} != 0 ]]; then

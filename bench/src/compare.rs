@@ -41,6 +41,11 @@ pub struct Opts {
     pub gen_cpus: Option<String>,
     pub low_rate: f64,
     pub high_fraction: f64,
+    /// The tail points: calls per second per path, all paths at once, taking turns
+    /// call by call (`load::run_open_by_call`).
+    pub tail_rate: f64,
+    /// Seconds per tail point run.
+    pub tail_duration: Duration,
 }
 
 pub struct PathDef {
@@ -108,10 +113,13 @@ pub struct Point {
     pub samples: Vec<Vec<Sample>>,
     /// Latency histograms merged over repeats, per path.
     pub merged: Vec<Histogram<u64>>,
+    /// Call-by-call points: per path, the latency of its call in each cycle (ns, `None`
+    /// if it failed), repeats one after another; aligned across paths.
+    pub per_cycle: Vec<Vec<Option<u64>>>,
 }
 
 impl Point {
-    fn new(id: String, workload: Workload, mode: Mode, duration: Duration, paths: usize) -> Self {
+    pub(crate) fn new(id: String, workload: Workload, mode: Mode, duration: Duration, paths: usize) -> Self {
         Point {
             id,
             workload,
@@ -119,12 +127,14 @@ impl Point {
             duration,
             samples: vec![Vec::new(); paths],
             merged: (0..paths).map(|_| Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("bounds")).collect(),
+            per_cycle: vec![Vec::new(); paths],
         }
     }
 
     /// Keeps one repeat's sample and latencies of `path`, and logs the line.
-    fn record(&mut self, path: usize, name: &str, rep: usize, s: Sample, latency: &Histogram<u64>) {
-        let _ = self.merged[path].add(latency);
+    fn record(&mut self, path: usize, name: &str, rep: usize, s: Sample, r: &RunResult) {
+        let _ = self.merged[path].add(&r.latency);
+        self.per_cycle[path].extend_from_slice(&r.per_cycle);
         eprintln!(
             "  {:<24} rep {rep} {name:<16} p50 {:>8.1} µs  p99 {:>8.1} µs  p99.9 {:>8.1} µs  {:>8.0} rps  err {}{}",
             self.id,
@@ -491,7 +501,11 @@ async fn run_point(env: &mut Env, o: &Opts, id: String, w: Workload, mode: Mode,
         let bpids = env.procs[env.backend].pids();
         let c0: Vec<f64> = pids.iter().map(|p| procs::cpu_seconds_all(p)).collect();
         let b0 = procs::cpu_seconds_all(&bpids);
-        let results = load::run_turns(&targets, &w, mode, d, INTERLEAVE_SLICE, o.conns).await?;
+        let results = match mode {
+            // A new shuffle of the call order in every repeat.
+            Mode::OpenByCall { rate } => load::run_open_by_call(&targets, &w, rate, d, o.conns, rep as u64 + 1).await?,
+            _ => load::run_turns(&targets, &w, mode, d, INTERLEAVE_SLICE, o.conns).await?,
+        };
         let c1: Vec<f64> = pids.iter().map(|p| procs::cpu_seconds_all(p)).collect();
         let b1 = procs::cpu_seconds_all(&bpids);
         env.check_all_alive()?;
@@ -501,7 +515,7 @@ async fn run_point(env: &mut Env, o: &Opts, id: String, w: Workload, mode: Mode,
             // The backend served every path of this run: its CPU is shared out by calls.
             let backend_share = (b1 - b0) * r.ok as f64 / total_ok as f64;
             let s = Sample::from(r, c1[k] - c0[k], backend_share);
-            point.record(path, env.paths[path].name, rep, s, &r.latency);
+            point.record(path, env.paths[path].name, rep, s, r);
         }
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
@@ -666,6 +680,14 @@ pub async fn run(o: Opts) -> Result<Value> {
             o.repeats, o.duration, INTERLEAVE_SLICE
         );
         points.push(run_point(&mut env, &o, id, w, Mode::Open { rate }, o.duration).await?);
+    }
+    for w in Workload::all() {
+        let id = format!("{}@{}rps-per-path-by-call", w.name, o.tail_rate as u64);
+        eprintln!(
+            "== {id} (open loop, {} × {:?}, every path at {} rps at once, calls taking turns one by one)",
+            o.repeats, o.tail_duration, o.tail_rate
+        );
+        points.push(run_point(&mut env, &o, id, w, Mode::OpenByCall { rate: o.tail_rate }, o.tail_duration).await?);
     }
     eprintln!("== h2load cross-check (direct backend)");
     let h2 = h2load_check(&mut env, &o).await?;

@@ -90,6 +90,9 @@ pub enum Mode {
     Open { rate: f64 },
     /// This many calls in flight, each started when the previous one ends.
     Closed { concurrency: usize },
+    /// Constant arrival rate per target (calls per second), all targets at once, taking
+    /// turns call by call ([`run_open_by_call`]).
+    OpenByCall { rate: f64 },
 }
 
 /// Result of one run.
@@ -102,6 +105,9 @@ pub struct RunResult {
     pub errors: u64,
     pub elapsed: Duration,
     pub first_error: Option<String>,
+    /// [`run_open_by_call`] only: the latency (ns) of this target's call in each cycle,
+    /// `None` where it failed; empty for the other modes.
+    pub per_cycle: Vec<Option<u64>>,
 }
 
 impl RunResult {
@@ -206,6 +212,8 @@ async fn pace_until(t: Instant) {
 
 struct Shared {
     latency: Mutex<Histogram<u64>>,
+    /// [`run_open_by_call`]: one slot per cycle.
+    per_cycle: Mutex<Vec<Option<u64>>>,
     ok: AtomicU64,
     errors: AtomicU64,
     in_flight: AtomicU64,
@@ -216,6 +224,7 @@ impl Shared {
     fn new() -> Arc<Self> {
         Arc::new(Shared {
             latency: Mutex::new(new_hist()),
+            per_cycle: Mutex::new(Vec::new()),
             ok: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
@@ -223,13 +232,15 @@ impl Shared {
         })
     }
     /// One finished call; `latency` is `None` for a call left out of the percentiles.
-    fn record(&self, r: Result<()>, latency: Option<Duration>) {
+    /// Returns whether it succeeded.
+    fn record(&self, r: Result<()>, latency: Option<Duration>) -> bool {
         match r {
             Ok(()) => {
                 self.ok.fetch_add(1, Ordering::Relaxed);
                 if let (Some(latency), Ok(mut h)) = (latency, self.latency.lock()) {
                     h.saturating_record(latency.as_nanos() as u64);
                 }
+                true
             }
             Err(e) => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
@@ -238,6 +249,7 @@ impl Shared {
                 {
                     *f = Some(format!("{e:#}"));
                 }
+                false
             }
         }
     }
@@ -269,6 +281,7 @@ pub async fn run_turns(
     match mode {
         Mode::Open { rate } => run_open(targets, w, rate, per_target, slice, conns).await,
         Mode::Closed { concurrency } => run_closed_turns(targets, w, concurrency, per_target, slice, conns).await,
+        Mode::OpenByCall { rate } => run_open_by_call(targets, w, rate, per_target, conns, 0).await,
     }
 }
 
@@ -354,8 +367,104 @@ pub async fn run_open(
         .collect())
 }
 
+/// Open loop at `rate` calls per second *per target*, every target for all of
+/// `per_target`, the targets taking turns call by call: one constant-rate schedule at
+/// `rate × targets`, cut into cycles of one call per target in an order shuffled per
+/// cycle (from `seed`). A stall of the machine, which lasts milliseconds, then falls on
+/// every target's calls alike; with turns of 200 ms ([`run_open`]) it falls on one
+/// target's turn and alone sets that target's p99. Every target sees a steady stream,
+/// so no call is a warm-up. Each result carries its per-cycle latencies, aligned
+/// across targets, for a paired bootstrap (`stats`).
+pub async fn run_open_by_call(
+    targets: &[Target],
+    w: &Workload,
+    rate: f64,
+    per_target: Duration,
+    conns: usize,
+    seed: u64,
+) -> Result<Vec<RunResult>> {
+    if rate.is_nan() || rate <= 0.0 {
+        bail!("rate must be positive");
+    }
+    if targets.is_empty() {
+        bail!("no targets");
+    }
+    let n = targets.len();
+    let cycles = (rate * per_target.as_secs_f64()).ceil() as usize;
+    let mut pools = Vec::with_capacity(n);
+    for target in targets {
+        let pool = Conns::connect(target, conns).await?;
+        let uri: Arc<str> = format!("{}{}", pool.uri_prefix, w.path).into();
+        let shared = Shared::new();
+        if let Ok(mut v) = shared.per_cycle.lock() {
+            *v = vec![None; cycles];
+        }
+        pools.push((pool, uri, shared));
+    }
+    let mut send_lag = new_hist();
+    let interval_ns = 1e9 / (rate * n as f64);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut order: Vec<usize> = (0..n).collect();
+    let started = Instant::now() + Duration::from_millis(5);
+    let hard_end = started + per_target + Duration::from_secs(2);
+    'cycles: for cycle in 0..cycles {
+        rng.shuffle(&mut order);
+        for (slot, &t) in order.iter().enumerate() {
+            let i = (cycle * n + slot) as u64;
+            let (pool, uri, shared) = &pools[t];
+            let intended = started + Duration::from_nanos((i as f64 * interval_ns) as u64);
+            pace_until(intended).await;
+            let now = Instant::now();
+            if now > hard_end {
+                // The generator itself fell behind by seconds: the rest counts as lost.
+                for &rest in &order[slot..] {
+                    pools[rest].2.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                for (_, _, s) in &pools {
+                    s.errors.fetch_add((cycles - cycle - 1) as u64, Ordering::Relaxed);
+                }
+                break 'cycles;
+            }
+            send_lag.saturating_record((now - intended).as_nanos() as u64);
+            if shared.in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT {
+                shared.record(Err(anyhow!("more than {MAX_IN_FLIGHT} calls in flight")), None);
+                continue;
+            }
+            shared.in_flight.fetch_add(1, Ordering::Relaxed);
+            let (send, uri, w, shared) = (pool.sender(i), uri.clone(), w.clone(), shared.clone());
+            tokio::spawn(async move {
+                let r = timed_call(send, &uri, &w).await;
+                let latency = intended.elapsed();
+                if shared.record(r, Some(latency))
+                    && let Ok(mut v) = shared.per_cycle.lock()
+                    && let Some(slot) = v.get_mut(cycle)
+                {
+                    *slot = Some(latency.as_nanos() as u64);
+                }
+                shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+    }
+    let in_flight = || pools.iter().map(|(_, _, s)| s.in_flight.load(Ordering::Relaxed)).sum::<u64>();
+    let drain_deadline = Instant::now() + DRAIN_TIMEOUT;
+    while in_flight() > 0 && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Every target was called throughout the run.
+    let elapsed = started.elapsed().min(per_target + DRAIN_TIMEOUT);
+    Ok(pools
+        .into_iter()
+        .map(|(_, _, shared)| {
+            let stuck = shared.in_flight.load(Ordering::Relaxed);
+            shared.errors.fetch_add(stuck, Ordering::Relaxed);
+            result(&shared, send_lag.clone(), elapsed)
+        })
+        .collect())
+}
+
 fn result(shared: &Shared, send_lag: Histogram<u64>, elapsed: Duration) -> RunResult {
     RunResult {
+        per_cycle: shared.per_cycle.lock().map(|v| v.clone()).unwrap_or_default(),
         latency: shared.latency.lock().map(|h| h.clone()).unwrap_or_else(|_| new_hist()),
         send_lag,
         ok: shared.ok.load(Ordering::Relaxed),
@@ -469,6 +578,39 @@ mod tests {
         // One schedule at the given rate, not one per target in parallel or in a row
         // at three times the rate.
         assert!(wall >= Duration::from_millis(1400), "the schedule took {wall:?}");
+    }
+
+    #[tokio::test]
+    async fn call_by_call_run_gives_every_target_the_rate_and_aligned_cycles() {
+        let targets = vec![backend().await, backend().await, backend().await];
+        let w = Workload::unary("unary_100B", 100);
+        let t0 = Instant::now();
+        let results = run_open_by_call(&targets, &w, 100.0, Duration::from_millis(600), 1, 7).await.expect("run");
+        let wall = t0.elapsed();
+        assert_eq!(results.len(), 3);
+        for r in &results {
+            // 100/s per target for 0.6 s: 60 calls each, every one recorded (no warm-up).
+            assert_eq!((r.ok, r.errors, r.latency.len()), (60, 0, 60), "first error: {:?}", r.first_error);
+            // One latency per cycle, the same cycles for every target.
+            assert_eq!(r.per_cycle.len(), 60);
+            assert!(r.per_cycle.iter().all(Option::is_some));
+            assert!((r.throughput() - 100.0).abs() < 15.0, "{} rps", r.throughput());
+        }
+        // The targets ran at the same time (300 calls/s together), not one after another.
+        assert!(wall >= Duration::from_millis(580) && wall < Duration::from_millis(1500), "the run took {wall:?}");
+    }
+
+    #[tokio::test]
+    async fn call_by_call_run_leaves_failed_cycles_empty() {
+        let live = backend().await;
+        let w = Workload::unary("unary_100B", 100);
+        // A target that answers HTTP/2 but not the Echo service: every call fails.
+        let wrong = Workload { path: "/strait.test.v1.Echo/Missing", ..w.clone() };
+        let r = run_open_by_call(std::slice::from_ref(&live), &wrong, 50.0, Duration::from_millis(200), 1, 1)
+            .await
+            .expect("run");
+        assert_eq!((r[0].ok, r[0].errors), (0, 10), "{:?}", r[0].first_error);
+        assert_eq!(r[0].per_cycle, vec![None; 10]);
     }
 
     #[tokio::test]

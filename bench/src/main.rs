@@ -17,6 +17,7 @@ mod load;
 mod procs;
 mod report;
 mod scale;
+mod stats;
 mod train;
 
 use anyhow::{Context, Result};
@@ -95,6 +96,13 @@ struct CompareArgs {
     /// The high open-loop rate as a fraction of the slowest path's saturation.
     #[arg(long, env = "BENCH_HIGH_FRACTION", default_value_t = 0.7)]
     high_fraction: f64,
+    /// Tail points: calls per second per path, all paths at once, taking turns call by
+    /// call (their p99 differences come with bootstrap intervals).
+    #[arg(long, env = "BENCH_TAIL_RATE", default_value_t = 100.0)]
+    tail_rate: f64,
+    /// Seconds per tail point run (default 20, quick 2).
+    #[arg(long, env = "BENCH_TAIL_DURATION")]
+    tail_duration: Option<f64>,
 }
 
 #[derive(clap::Args, Clone)]
@@ -168,7 +176,7 @@ enum Cmd {
     /// One generator run (demo Echo service) against `--addr`; several `--addr`s take
     /// turns in `--slice-ms` stretches, one line each (open loop: of one schedule, each
     /// turn's first call warming its path up, left out of the percentiles; closed loop:
-    /// rps over the target's own turns).
+    /// rps over the target's own turns), or call by call with `--by-call`.
     Load {
         #[arg(long, required = true)]
         addr: Vec<std::net::SocketAddr>,
@@ -189,6 +197,10 @@ enum Cmd {
         /// With several `--addr`s: how long each one's turn lasts.
         #[arg(long, default_value_t = 200)]
         slice_ms: u64,
+        /// With `--rate`: every `--addr` at that rate at once, taking turns call by call
+        /// (the tail points of `make bench`) instead of in `--slice-ms` turns.
+        #[arg(long, requires = "rate")]
+        by_call: bool,
     },
 }
 
@@ -209,6 +221,8 @@ fn compare_opts(common: &Common, c: &CompareArgs) -> compare::Opts {
         gen_cpus: c.gen_cpus.clone().filter(|s| !s.is_empty()),
         low_rate: c.low_rate,
         high_fraction: c.high_fraction,
+        tail_rate: c.tail_rate,
+        tail_duration: Duration::from_secs_f64(c.tail_duration.unwrap_or(if q { 2.0 } else { 20.0 })),
     }
 }
 
@@ -306,7 +320,7 @@ async fn run(cli: Cli) -> Result<()> {
             train::run(&o).await?;
         }
         Cmd::Configs { dir, backend, haproxy_listen } => compare::write_configs(&dir, backend, haproxy_listen)?,
-        Cmd::Load { addr, authority, workload, rate, concurrency, duration, conns, slice_ms } => {
+        Cmd::Load { addr, authority, workload, rate, concurrency, duration, conns, slice_ms, by_call } => {
             let w = load::Workload::by_name(&workload).with_context(|| {
                 let names: Vec<&str> = load::Workload::all().iter().map(|w| w.name).collect();
                 format!("unknown workload {workload} (one of: {})", names.join(", "))
@@ -317,6 +331,7 @@ async fn run(cli: Cli) -> Result<()> {
             // One target runs in one piece.
             let slice = if targets.len() > 1 { Duration::from_millis(slice_ms.max(1)) } else { duration };
             let mode = match rate {
+                Some(rate) if by_call => load::Mode::OpenByCall { rate },
                 Some(rate) => load::Mode::Open { rate },
                 None => load::Mode::Closed { concurrency },
             };

@@ -64,7 +64,61 @@ fn mode_json(m: &Mode) -> Value {
     match m {
         Mode::Open { rate } => json!({"kind": "open", "rate_rps": rate}),
         Mode::Closed { concurrency } => json!({"kind": "closed", "in_flight": concurrency}),
+        Mode::OpenByCall { rate } => json!({"kind": "open_by_call", "rate_rps": rate}),
     }
+}
+
+/// Bootstrap resamples per quantile of a call-by-call point.
+pub const BOOTSTRAP_ITERS: usize = 2000;
+/// Its blocks: this many seconds of consecutive cycles (a stall lasts milliseconds).
+pub const BOOTSTRAP_BLOCK_SECONDS: f64 = 1.0;
+/// The differences a call-by-call point reports, `(a, b)` for a − b: the A/A control
+/// first, then what the issue-6 targets compare, then what the optimised build buys
+/// over the plain one; pairs with a missing path are skipped.
+const TAIL_PAIRS: [(&str, &str); 5] = [
+    (crate::compare::CONTROL_PATH, "haproxy"),
+    ("strait-outbound", "haproxy"),
+    ("strait-outbound", "nginx"),
+    ("strait-outbound-plain", "haproxy"),
+    ("strait-outbound", "strait-outbound-plain"),
+];
+const TAIL_QUANTILES: [(&str, f64); 4] = [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999)];
+
+/// The quantiles of every path over all calls of a call-by-call point, each path's
+/// added latency (path − direct) and the `TAIL_PAIRS` differences, each with its 95%
+/// paired block-bootstrap interval (µs).
+fn tail_json(pt: &Point, names: &[&str], rate: f64) -> Value {
+    use crate::stats::{Bootstrap, Interval};
+    let block = (rate * BOOTSTRAP_BLOCK_SECONDS).round().max(1.0) as usize;
+    let iv = |d: Option<Interval>| match d {
+        Some(d) => {
+            json!({"estimate_us": d.estimate / 1e3, "lo_us": d.lo / 1e3, "hi_us": d.hi / 1e3, "resolved": d.resolved()})
+        }
+        None => Value::Null,
+    };
+    let idx = |n: &str| names.iter().position(|x| *x == n);
+    let mut out = serde_json::Map::new();
+    for (i, (label, q)) in TAIL_QUANTILES.iter().enumerate() {
+        let boot = Bootstrap::run(&pt.per_cycle, *q, block, BOOTSTRAP_ITERS, 17 + i as u64);
+        let mut per_path = serde_json::Map::new();
+        for (p, name) in names.iter().enumerate() {
+            let added = if p == 0 { Value::Null } else { iv(boot.difference(p, 0)) };
+            per_path.insert(
+                (*name).to_owned(),
+                json!({"all_calls_us": boot.full[p].map(|v| v as f64 / 1e3), "added": added}),
+            );
+        }
+        let pairs: Vec<Value> = TAIL_PAIRS
+            .iter()
+            .filter_map(|(a, b)| {
+                let (ia, ib) = (idx(a)?, idx(b)?);
+                Some(json!({"a": a, "b": b, "difference": iv(boot.difference(ia, ib))}))
+            })
+            .collect();
+        out.insert((*label).to_owned(), json!({"paths": per_path, "pairs": pairs}));
+    }
+    json!({"calls_per_path": pt.per_cycle.first().map_or(0, Vec::len), "block_cycles": block,
+           "resamples": BOOTSTRAP_ITERS, "quantiles": out})
 }
 
 fn cpu_ms_per_1k(s: &Sample, cpu: f64) -> f64 {
@@ -122,9 +176,13 @@ pub fn build_json(
                     }),
                 );
             }
-            json!({"id": pt.id, "workload": pt.workload.name, "method": pt.workload.path,
+            let mut v = json!({"id": pt.id, "workload": pt.workload.name, "method": pt.workload.path,
                    "request_frame_bytes": pt.workload.frame.len(), "response_messages": pt.workload.messages,
-                   "mode": mode_json(&pt.mode), "seconds_per_run": pt.duration.as_secs_f64(), "paths": per_path})
+                   "mode": mode_json(&pt.mode), "seconds_per_run": pt.duration.as_secs_f64(), "paths": per_path});
+            if let Mode::OpenByCall { rate } = pt.mode {
+                v["tail"] = tail_json(pt, &names, rate);
+            }
+            v
         })
         .collect();
     let paths: Vec<Value> = env
@@ -143,6 +201,7 @@ pub fn build_json(
             "saturation_seconds": o.sat_duration.as_secs_f64(), "saturation_in_flight": o.concurrency,
             "client_connections": o.conns, "low_rate_rps": o.low_rate, "high_rate_rps": high_rate,
             "interleave_slice_ms": crate::compare::INTERLEAVE_SLICE.as_millis() as u64,
+            "tail_rate_rps_per_path": o.tail_rate, "tail_seconds": o.tail_duration.as_secs_f64(),
             "high_rate_fraction_of_slowest_saturation": o.high_fraction,
             "generator_cpus": o.gen_cpus, "server_cpus": o.server_cpus,
             "strait_proxy_bin": o.proxy_bin.display().to_string(),
@@ -263,11 +322,20 @@ pub fn markdown(r: &Value) -> String {
         r["backend"]["rss_idle_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
         r["backend"]["rss_peak_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
     ));
-    for pt in points.iter().filter(|p| p["mode"]["kind"] == "open") {
+    let open = |p: &&Value| p["mode"]["kind"] == "open" || p["mode"]["kind"] == "open_by_call";
+    for pt in points.iter().filter(open) {
+        let by_call = pt["mode"]["kind"] == "open_by_call";
+        let how = if by_call {
+            format!(
+                "{} rps per path, all paths at once, calls taking turns one by one ({} s per repeat)",
+                pt["mode"]["rate_rps"], s["tail_seconds"]
+            )
+        } else {
+            format!("open loop {} rps", pt["mode"]["rate_rps"])
+        };
         out.push_str(&format!(
-            "## {} — open loop {} rps ({} B request frame, {} response message(s))\n\n",
+            "## {} — {how} ({} B request frame, {} response message(s))\n\n",
             pt["workload"].as_str().unwrap_or(""),
-            pt["mode"]["rate_rps"],
             pt["request_frame_bytes"],
             pt["response_messages"]
         ));
@@ -298,7 +366,11 @@ pub fn markdown(r: &Value) -> String {
             ));
         }
         out.push('\n');
-        out.push_str(&paired_table(pt));
+        if by_call {
+            out.push_str(&tail_table(pt));
+        } else {
+            out.push_str(&paired_table(pt));
+        }
     }
     let h = &r["h2load_cross_check"];
     if h.get("h2load_rps_median").is_some() {
@@ -382,6 +454,57 @@ fn paired_table(pt: &Value) -> String {
     out
 }
 
+fn fmt_interval(d: &Value) -> String {
+    match (d["estimate_us"].as_f64(), d["lo_us"].as_f64(), d["hi_us"].as_f64()) {
+        (Some(e), Some(lo), Some(hi)) => format!("{e:.0} [{lo:.0}…{hi:.0}]"),
+        _ => "–".to_owned(),
+    }
+}
+
+/// A call-by-call point's differences over all its calls, with 95% paired
+/// block-bootstrap intervals; the last column says whether the run resolves the sign
+/// of the p99 difference.
+fn tail_table(pt: &Value) -> String {
+    let t = &pt["tail"];
+    let Some(q) = t["quantiles"].as_object() else {
+        return String::new();
+    };
+    let mut out = format!(
+        "Over all {} calls per path, 95% intervals from {} paired block-bootstrap resamples (blocks of {} cycles):          a stall of the machine falls on every path's calls alike, so the control's interval shows what the run resolves.\n\n\
+         | difference, µs: all calls [95% interval] | p50 | p90 | p99 | p99.9 | p99 resolved? |\n|---|---|---|---|---|---|\n",
+        t["calls_per_path"], t["resamples"], t["block_cycles"]
+    );
+    let labels = ["p50", "p90", "p99", "p99.9"];
+    let verdict = |d: &Value| match (d["resolved"].as_bool(), d["estimate_us"].as_f64()) {
+        (Some(true), Some(e)) if e < 0.0 => "yes: lower",
+        (Some(true), Some(_)) => "yes: higher",
+        (Some(false), _) => "no",
+        _ => "–",
+    };
+    // Added latency (path − direct) for every proxied path, then the pairs.
+    let paths: Vec<String> = q["p99"]["paths"]
+        .as_object()
+        .map(|m| m.keys().filter(|k| *k != "direct").cloned().collect())
+        .unwrap_or_default();
+    for name in &paths {
+        let cells: Vec<String> = labels.iter().map(|l| fmt_interval(&q[*l]["paths"][name]["added"])).collect();
+        out.push_str(&format!(
+            "| {name} − direct (added) | {} | {} |\n",
+            cells.join(" | "),
+            verdict(&q["p99"]["paths"][name]["added"])
+        ));
+    }
+    let pairs = q["p99"]["pairs"].as_array().cloned().unwrap_or_default();
+    for (k, pair) in pairs.iter().enumerate() {
+        let (a, b) = (pair["a"].as_str().unwrap_or(""), pair["b"].as_str().unwrap_or(""));
+        let note = if a == crate::compare::CONTROL_PATH { " (A/A control: noise)" } else { "" };
+        let cells: Vec<String> = labels.iter().map(|l| fmt_interval(&q[*l]["pairs"][k]["difference"])).collect();
+        out.push_str(&format!("| {a} − {b}{note} | {} | {} |\n", cells.join(" | "), verdict(&pair["difference"])));
+    }
+    out.push('\n');
+    out
+}
+
 fn join(v: &Value) -> String {
     v.as_array()
         .map(|a| a.iter().map(|x| format!("{:.0}", x.as_f64().unwrap_or(0.0))).collect::<Vec<_>>().join(", "))
@@ -440,7 +563,7 @@ pub fn write_png(r: &Value, path: &Path) -> Result<()> {
         .cloned()
         .unwrap_or_default()
         .into_iter()
-        .filter(|p| p["mode"]["kind"] == "open")
+        .filter(|p| p["mode"]["kind"] == "open" || p["mode"]["kind"] == "open_by_call")
         .collect();
     let paths: Vec<String> = r["paths"]
         .as_array()
@@ -500,9 +623,10 @@ pub fn write_png(r: &Value, path: &Path) -> Result<()> {
             continue;
         }
         let caption = format!(
-            "{} @ {} rps (open loop)",
+            "{} @ {} rps{}",
             pt["workload"].as_str().unwrap_or(""),
-            pt["mode"]["rate_rps"].as_f64().unwrap_or(0.0)
+            pt["mode"]["rate_rps"].as_f64().unwrap_or(0.0),
+            if pt["mode"]["kind"] == "open_by_call" { " per path, call by call" } else { " (open loop)" }
         );
         let mut chart = ChartBuilder::on(area)
             .caption(caption, ("sans-serif", 20))
@@ -576,6 +700,68 @@ mod tests {
         );
         // No nginx path, no nginx row.
         assert!(!t.contains("nginx"), "{t}");
+    }
+
+    #[test]
+    fn tail_point_differences_are_paired_by_cycle_and_judged_by_their_interval() {
+        use crate::load::Workload;
+        let names = ["direct", "haproxy", "haproxy-b", "strait-outbound"];
+        let mut pt = Point::new(
+            "t".into(),
+            Workload::unary("unary_100B", 100),
+            Mode::OpenByCall { rate: 100.0 },
+            Duration::from_secs(1),
+            4,
+        );
+        let mut rng = fastrand::Rng::with_seed(11);
+        let cycles = 3000;
+        // One noisy machine: a per-cycle stall that every path's call of that cycle met.
+        let stall: Vec<u64> =
+            (0..cycles).map(|_| if rng.usize(0..30) == 0 { rng.u64(500_000..3_000_000) } else { 0 }).collect();
+        let body = |rng: &mut fastrand::Rng, base: u64| -> Vec<Option<u64>> {
+            stall.iter().map(|s| Some(base + rng.u64(0..60_000) + s)).collect()
+        };
+        pt.per_cycle[0] = body(&mut rng, 150_000);
+        pt.per_cycle[1] = body(&mut rng, 330_000);
+        pt.per_cycle[2] = body(&mut rng, 330_000);
+        // Strait: HAProxy's calls, 20 µs sooner.
+        pt.per_cycle[3] = pt.per_cycle[1].iter().map(|x| x.map(|v| v - 20_000)).collect();
+        let tail = tail_json(&pt, &names, 100.0);
+        assert_eq!(tail["calls_per_path"], 3000);
+        let pairs = &tail["quantiles"]["p99"]["pairs"];
+        // The pairs whose paths exist, in TAIL_PAIRS order: control, then strait − haproxy.
+        assert_eq!(
+            (pairs[0]["a"].as_str(), pairs[1]["a"].as_str(), pairs[1]["b"].as_str()),
+            (Some("haproxy-b"), Some("strait-outbound"), Some("haproxy"))
+        );
+        assert_eq!(pairs.as_array().map(Vec::len), Some(2), "no nginx / plain paths, no such pairs");
+        let d = &pairs[1]["difference"];
+        assert_eq!(
+            (d["estimate_us"].as_f64(), d["lo_us"].as_f64(), d["hi_us"].as_f64()),
+            (Some(-20.0), Some(-20.0), Some(-20.0))
+        );
+        assert_eq!(d["resolved"], true);
+        let md = tail_table(&json!({"tail": tail}));
+        assert!(md.contains("| strait-outbound − haproxy | -20 [-20…-20] | -20 [-20…-20] | -20 [-20…-20] | -20 [-20…-20] | yes: lower |"), "{md}");
+        assert!(md.contains("| haproxy-b − haproxy (A/A control: noise) |"), "{md}");
+        // Added latency has an interval too; direct has no row of its own.
+        assert!(md.contains("| strait-outbound − direct (added) |") && !md.contains("| direct − direct"), "{md}");
+    }
+
+    #[test]
+    fn tail_table_says_when_the_run_does_not_resolve_the_p99() {
+        let iv = |e: f64, lo: f64, hi: f64| json!({"estimate_us": e, "lo_us": lo, "hi_us": hi, "resolved": lo > 0.0 || hi < 0.0});
+        let q = json!({"paths": {"direct": {"added": null}}, "pairs": [{"a": "strait-outbound", "b": "nginx", "difference": iv(30.0, -100.0, 150.0)}]});
+        let higher = json!({"paths": {"direct": {"added": null}}, "pairs": [{"a": "strait-outbound", "b": "nginx", "difference": iv(80.0, 10.0, 150.0)}]});
+        let t = json!({"tail": {"calls_per_path": 10, "resamples": 5, "block_cycles": 2,
+                                "quantiles": {"p50": higher, "p90": q, "p99": q, "p99.9": q}}});
+        let md = tail_table(&t);
+        assert!(
+            md.contains(
+                "| strait-outbound − nginx | 80 [10…150] | 30 [-100…150] | 30 [-100…150] | 30 [-100…150] | no |"
+            ),
+            "{md}"
+        );
     }
 
     #[test]
