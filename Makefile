@@ -64,8 +64,9 @@ cluster: tools
 #              saturation case; WORKLOAD=unary_16KiB or stream_10x100B for the others).
 .PHONY: bench bench-scale bench-instructions pgo
 
-# pgo: strait-proxy built with profile-guided optimisation (target/pgo/strait-proxy);
-#      `make bench` builds and measures it beside the plain release build.
+# pgo: strait-proxy built with profile-guided optimisation and laid out by BOLT
+#      (target/pgo/strait-proxy; BOLT=0 skips BOLT); `make bench` builds and measures it
+#      beside the plain release build.
 pgo:
 	./scripts/pgo-build.sh
 

@@ -5,11 +5,18 @@
 #   2. `strait-bench pgo-train` runs it as an outbound hop and as a mesh pair under the
 #      benchmark's calls, then stops it so each process writes its profile;
 #   3. llvm-profdata (rustup's llvm-tools, the LLVM of this rustc) merges the profiles;
-#   4. build strait-proxy again with -Cprofile-use in a third target dir.
+#   4. build strait-proxy again with -Cprofile-use in a third target dir, linked with
+#      --emit-relocs so BOLT can rearrange it;
+#   5. BOLT (llvm-bolt, a post-link optimiser): instrument that binary, run the same
+#      training on it, and lay its code out by the profile (hot code together, cold
+#      blocks split off), then check the result still serves calls.
 #
-# Output: $CARGO_TARGET_DIR/pgo/strait-proxy (default target/pgo/strait-proxy) and the
-# merged profile beside it. A PGO build behaves exactly as the plain one; it is laid out
-# and inlined for the paths the training took (measured: README, Measured).
+# Output: $CARGO_TARGET_DIR/pgo/strait-proxy (default target/pgo/strait-proxy), the
+# PGO-only binary beside it as strait-proxy.pgo-only, and the profiles. Both behave
+# exactly as the plain build; they are laid out and inlined for the paths the training
+# took (measured: README, Measured). BOLT=auto (default) skips step 5 with a warning
+# when llvm-bolt is missing (scripts/bench-deps.sh installs it: Debian's bolt-19),
+# BOLT=1 requires it, BOLT=0 skips it.
 #
 # The result is reused while the proxy's sources, Cargo.lock, the trainer and the
 # toolchain are unchanged (a key over their contents). PGO_TARGET=<triple> builds for
@@ -24,9 +31,29 @@ out="$target/pgo"
 [[ $triple == "$host" ]] || out="$target/pgo/$triple"
 mkdir -p "$out"
 
+# llvm-bolt and merge-fdata: PATH first, else the newest Debian LLVM that has them.
+bolt_mode="${BOLT:-auto}"
+bolt="" merge_fdata=""
+if [[ $bolt_mode != 0 ]]; then
+  bolt="$(command -v llvm-bolt || true)"
+  if [[ -z $bolt ]]; then
+    bolt="$(compgen -G '/usr/lib/llvm-*/bin/llvm-bolt' | sort -V | tail -1 || true)"
+  fi
+  [[ -n $bolt ]] && merge_fdata="$(dirname "$bolt")/merge-fdata"
+  if [[ -z $bolt || ! -x $merge_fdata ]]; then
+    if [[ $bolt_mode == 1 ]]; then
+      echo "pgo: BOLT=1 but llvm-bolt / merge-fdata not found (Debian: apt-get install bolt-19)" >&2
+      exit 1
+    fi
+    echo "pgo: WARNING: llvm-bolt not found: building PGO only, without the BOLT layout (Debian: apt-get install bolt-19)" >&2
+    bolt="" merge_fdata=""
+  fi
+fi
+
 key="$({
   rustc -vV
-  echo "$triple ${RUSTFLAGS:-}"
+  [[ -n $bolt ]] && "$bolt" --version | grep -i version
+  echo "$triple ${RUSTFLAGS:-} bolt=${bolt:+yes}"
   find Cargo.toml Cargo.lock proxy crates bench/src bench/Cargo.toml demo scripts/pgo-build.sh \
     -type f \( -name '*.rs' -o -name '*.toml' -o -name '*.lock' -o -name '*.sh' -o -name '*.proto' \) \
     -not -path '*/target/*' -print0 | sort -z | xargs -0 sha256sum
@@ -49,16 +76,17 @@ fi
 # --target even for the host: RUSTFLAGS then reach only the target's crates, not build
 # scripts or proc macros (which would otherwise be instrumented and write profiles of
 # the compiler's own run).
-rm -f "$out/key" "$out/strait-proxy"
+rm -f "$out/key" "$out/strait-proxy" "$out/strait-proxy.pgo-only"
 raw="$out/profraw"
 rm -rf "$raw"
 mkdir -p "$raw"
-echo "pgo: 1/4 instrumented build" >&2
+steps=$([[ -n $bolt ]] && echo 5 || echo 4)
+echo "pgo: 1/$steps instrumented build" >&2
 RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$raw" CARGO_TARGET_DIR="$target/pgo-gen" \
   cargo build --release --locked --target "$triple" -p strait-proxy
 cargo build --release --locked -p strait-bench
 
-echo "pgo: 2/4 training run" >&2
+echo "pgo: 2/$steps training run" >&2
 LLVM_PROFILE_FILE="$raw/strait-proxy-%p-%m.profraw" "$target/release/strait-bench" pgo-train \
   --proxy "$target/pgo-gen/$triple/release/strait-proxy" --out "$out/train"
 compgen -G "$raw/*.profraw" >/dev/null || {
@@ -66,12 +94,47 @@ compgen -G "$raw/*.profraw" >/dev/null || {
   exit 1
 }
 
-echo "pgo: 3/4 merging profiles" >&2
+echo "pgo: 3/$steps merging profiles" >&2
 "$profdata" merge -o "$out/strait-proxy.profdata" "$raw"
 
-echo "pgo: 4/4 optimised build" >&2
-RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$out/strait-proxy.profdata" CARGO_TARGET_DIR="$target/pgo-use" \
-  cargo build --release --locked --target "$triple" -p strait-proxy
-cp "$target/pgo-use/$triple/release/strait-proxy" "$out/strait-proxy"
+echo "pgo: 4/$steps optimised build" >&2
+# --emit-relocs keeps the link's relocations in the binary: BOLT needs them to move
+# code. They sit in sections that are not loaded, so they cost file size, not memory.
+RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$out/strait-proxy.profdata -Clink-arg=-Wl,--emit-relocs" \
+  CARGO_TARGET_DIR="$target/pgo-use" cargo build --release --locked --target "$triple" -p strait-proxy
+cp "$target/pgo-use/$triple/release/strait-proxy" "$out/strait-proxy.pgo-only"
+
+if [[ -n $bolt ]]; then
+  echo "pgo: 5/$steps BOLT: instrument, train, lay out" >&2
+  fdata="$out/fdata"
+  rm -rf "$fdata"
+  mkdir -p "$fdata"
+  "$bolt" "$out/strait-proxy.pgo-only" -instrument -o "$out/strait-proxy.bolt-inst" \
+    -instrumentation-file="$fdata/strait-proxy.fdata" -instrumentation-file-append-pid >"$out/bolt-instrument.log" 2>&1 || {
+    tail -20 "$out/bolt-instrument.log" >&2
+    exit 1
+  }
+  # Each process writes its profile when it exits (the trainer stops them with SIGTERM).
+  "$target/release/strait-bench" pgo-train --proxy "$out/strait-proxy.bolt-inst" --out "$out/train-bolt"
+  compgen -G "$fdata/*.fdata" >/dev/null || {
+    echo "pgo: the BOLT training run wrote no profile under $fdata" >&2
+    exit 1
+  }
+  "$merge_fdata" "$fdata"/*.fdata >"$out/strait-proxy.fdata" 2>"$out/bolt-merge.log"
+  # ext-tsp block order and cdsort function order put the trained paths' code on as few
+  # cache lines and pages as possible; -split-functions moves the cold blocks away.
+  "$bolt" "$out/strait-proxy.pgo-only" -o "$out/strait-proxy.bolt" -data="$out/strait-proxy.fdata" \
+    -reorder-blocks=ext-tsp -reorder-functions=cdsort -split-functions -split-all-cold -split-eh \
+    -icf=1 -use-gnu-stack >"$out/bolt-optimise.log" 2>&1 || {
+    tail -20 "$out/bolt-optimise.log" >&2
+    exit 1
+  }
+  rm -f "$out/strait-proxy.bolt-inst"
+  # The laid-out binary must still serve every training call and exit cleanly.
+  "$target/release/strait-bench" pgo-train --proxy "$out/strait-proxy.bolt" --out "$out/check-bolt" --seconds 0.3
+  mv "$out/strait-proxy.bolt" "$out/strait-proxy"
+else
+  cp "$out/strait-proxy.pgo-only" "$out/strait-proxy"
+fi
 echo "$key" >"$out/key"
-echo "pgo: $out/strait-proxy"
+echo "pgo: $out/strait-proxy$([[ -n $bolt ]] && echo ' (PGO + BOLT)' || echo ' (PGO only)')"
