@@ -298,73 +298,25 @@ pub async fn run_open(
     slice: Duration,
     conns: usize,
 ) -> Result<Vec<RunResult>> {
-    if rate.is_nan() || rate <= 0.0 {
-        bail!("rate must be positive");
-    }
-    if targets.is_empty() {
-        bail!("no targets");
-    }
-    let mut pools = Vec::with_capacity(targets.len());
-    for target in targets {
-        let pool = Conns::connect(target, conns).await?;
-        let uri: Arc<str> = format!("{}{}", pool.uri_prefix, w.path).into();
-        pools.push((pool, uri, Shared::new()));
-    }
+    check_open(rate, targets)?;
+    let pools = connect_all(targets, w, conns, 0).await?;
     let n = targets.len() as u64;
-    let mut send_lag = new_hist();
     let duration = per_target * n as u32;
     let total = (rate * duration.as_secs_f64()).ceil() as u64;
     let per_slice = ((rate * slice.as_secs_f64()).round() as u64).max(1);
-    let interval_ns = 1e9 / rate;
-    // Which target call `i` goes to: consecutive turns of `per_slice` calls each.
-    let turn = |i: u64| ((i / per_slice) % n) as usize;
-    let started = Instant::now() + Duration::from_millis(5);
-    let hard_end = started + duration + Duration::from_secs(2);
-    for i in 0..total {
-        let (pool, uri, shared) = &pools[turn(i)];
-        let intended = started + Duration::from_nanos((i as f64 * interval_ns) as u64);
-        pace_until(intended).await;
-        let now = Instant::now();
-        if now > hard_end {
-            // The generator itself fell behind by seconds: the rest counts as lost.
-            for k in i..total {
-                pools[turn(k)].2.errors.fetch_add(1, Ordering::Relaxed);
-            }
-            break;
-        }
-        send_lag.saturating_record((now - intended).as_nanos() as u64);
-        if shared.in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT {
-            shared.record(Err(anyhow!("more than {MAX_IN_FLIGHT} calls in flight")), None);
-            continue;
-        }
-        shared.in_flight.fetch_add(1, Ordering::Relaxed);
-        let (send, uri, w, shared) = (pool.sender(i), uri.clone(), w.clone(), shared.clone());
-        // Taking turns leaves each path idle for (n - 1) slices before its turn: its
-        // first call meets cold caches, a gap no constant-rate stream has, and at one
-        // call in a hundred it would set the p99 by itself. It still counts as a call
-        // (and as an error if it fails); its latency is left out.
-        let warm_up = n > 1 && i % per_slice == 0;
-        tokio::spawn(async move {
-            let r = timed_call(send, &uri, &w).await;
-            shared.record(r, (!warm_up).then(|| intended.elapsed()));
-            shared.in_flight.fetch_sub(1, Ordering::Relaxed);
-        });
-    }
-    let in_flight = || pools.iter().map(|(_, _, s)| s.in_flight.load(Ordering::Relaxed)).sum::<u64>();
-    let drain_deadline = Instant::now() + DRAIN_TIMEOUT;
-    while in_flight() > 0 && Instant::now() < drain_deadline {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    // Call `i` goes to consecutive turns of `per_slice` calls each. Taking turns leaves
+    // each path idle for (n - 1) slices before its turn: its first call meets cold
+    // caches, a gap no constant-rate stream has, and at one call in a hundred it would
+    // set the p99 by itself. It still counts as a call (and as an error if it fails);
+    // its latency is left out.
+    let slot = |i: u64| Slot {
+        target: ((i / per_slice) % n) as usize,
+        warm_up: n > 1 && i.is_multiple_of(per_slice),
+        cycle: None,
+    };
+    let (send_lag, started) = run_schedule(&pools, w, total, 1e9 / rate, duration, slot).await;
     // Each target was called for its share of the whole run.
-    let elapsed = started.elapsed().min(duration + DRAIN_TIMEOUT) / n as u32;
-    Ok(pools
-        .into_iter()
-        .map(|(_, _, shared)| {
-            let stuck = shared.in_flight.load(Ordering::Relaxed);
-            shared.errors.fetch_add(stuck, Ordering::Relaxed);
-            result(&shared, send_lag.clone(), elapsed)
-        })
-        .collect())
+    Ok(finish(pools, send_lag, |d| d.min(duration + DRAIN_TIMEOUT) / n as u32, started).await)
 }
 
 /// Open loop at `rate` calls per second *per target*, every target for all of
@@ -383,15 +335,44 @@ pub async fn run_open_by_call(
     conns: usize,
     seed: u64,
 ) -> Result<Vec<RunResult>> {
+    check_open(rate, targets)?;
+    let n = targets.len();
+    let cycles = (rate * per_target.as_secs_f64()).ceil() as usize;
+    let pools = connect_all(targets, w, conns, cycles).await?;
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let orders: Vec<Vec<usize>> = (0..cycles)
+        .map(|_| {
+            let mut order: Vec<usize> = (0..n).collect();
+            rng.shuffle(&mut order);
+            order
+        })
+        .collect();
+    let slot = |i: u64| {
+        let (cycle, k) = (i as usize / n, i as usize % n);
+        Slot { target: orders[cycle][k], warm_up: false, cycle: Some(cycle) }
+    };
+    let total = (cycles * n) as u64;
+    let (send_lag, started) = run_schedule(&pools, w, total, 1e9 / (rate * n as f64), per_target, slot).await;
+    // Every target was called throughout the run.
+    Ok(finish(pools, send_lag, |d| d.min(per_target + DRAIN_TIMEOUT), started).await)
+}
+
+fn check_open(rate: f64, targets: &[Target]) -> Result<()> {
     if rate.is_nan() || rate <= 0.0 {
         bail!("rate must be positive");
     }
     if targets.is_empty() {
         bail!("no targets");
     }
-    let n = targets.len();
-    let cycles = (rate * per_target.as_secs_f64()).ceil() as usize;
-    let mut pools = Vec::with_capacity(n);
+    Ok(())
+}
+
+/// One target's connections, its request URI and its tally.
+type Pool = (Conns, Arc<str>, Arc<Shared>);
+
+/// Connects to every target; `cycles` > 0 gives each tally that many per-cycle slots.
+async fn connect_all(targets: &[Target], w: &Workload, conns: usize, cycles: usize) -> Result<Vec<Pool>> {
+    let mut pools = Vec::with_capacity(targets.len());
     for target in targets {
         let pool = Conns::connect(target, conns).await?;
         let uri: Arc<str> = format!("{}{}", pool.uri_prefix, w.path).into();
@@ -401,65 +382,90 @@ pub async fn run_open_by_call(
         }
         pools.push((pool, uri, shared));
     }
+    Ok(pools)
+}
+
+/// Where call `i` of an open-loop schedule goes.
+#[derive(Clone, Copy)]
+struct Slot {
+    target: usize,
+    /// Counted, but its latency is left out.
+    warm_up: bool,
+    /// Call by call: the cycle whose per-cycle slot the latency fills.
+    cycle: Option<usize>,
+}
+
+/// Sends `total` calls `interval_ns` apart, call `i` to `slot(i)`, each its own task;
+/// returns the send lag and the schedule's start. If the generator falls seconds behind
+/// a schedule of `length`, the calls not sent count as errors of their targets.
+async fn run_schedule(
+    pools: &[Pool],
+    w: &Workload,
+    total: u64,
+    interval_ns: f64,
+    length: Duration,
+    slot: impl Fn(u64) -> Slot,
+) -> (Histogram<u64>, Instant) {
     let mut send_lag = new_hist();
-    let interval_ns = 1e9 / (rate * n as f64);
-    let mut rng = fastrand::Rng::with_seed(seed);
-    let mut order: Vec<usize> = (0..n).collect();
     let started = Instant::now() + Duration::from_millis(5);
-    let hard_end = started + per_target + Duration::from_secs(2);
-    'cycles: for cycle in 0..cycles {
-        rng.shuffle(&mut order);
-        for (slot, &t) in order.iter().enumerate() {
-            let i = (cycle * n + slot) as u64;
-            let (pool, uri, shared) = &pools[t];
-            let intended = started + Duration::from_nanos((i as f64 * interval_ns) as u64);
-            pace_until(intended).await;
-            let now = Instant::now();
-            if now > hard_end {
-                // The generator itself fell behind by seconds: the rest counts as lost.
-                for &rest in &order[slot..] {
-                    pools[rest].2.errors.fetch_add(1, Ordering::Relaxed);
-                }
-                for (_, _, s) in &pools {
-                    s.errors.fetch_add((cycles - cycle - 1) as u64, Ordering::Relaxed);
-                }
-                break 'cycles;
+    let hard_end = started + length + Duration::from_secs(2);
+    for i in 0..total {
+        let Slot { target, warm_up, cycle } = slot(i);
+        let (pool, uri, shared) = &pools[target];
+        let intended = started + Duration::from_nanos((i as f64 * interval_ns) as u64);
+        pace_until(intended).await;
+        let now = Instant::now();
+        if now > hard_end {
+            for k in i..total {
+                pools[slot(k).target].2.errors.fetch_add(1, Ordering::Relaxed);
             }
-            send_lag.saturating_record((now - intended).as_nanos() as u64);
-            if shared.in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT {
-                shared.record(Err(anyhow!("more than {MAX_IN_FLIGHT} calls in flight")), None);
-                continue;
-            }
-            shared.in_flight.fetch_add(1, Ordering::Relaxed);
-            let (send, uri, w, shared) = (pool.sender(i), uri.clone(), w.clone(), shared.clone());
-            tokio::spawn(async move {
-                let r = timed_call(send, &uri, &w).await;
-                let latency = intended.elapsed();
-                if shared.record(r, Some(latency))
-                    && let Ok(mut v) = shared.per_cycle.lock()
-                    && let Some(slot) = v.get_mut(cycle)
-                {
-                    *slot = Some(latency.as_nanos() as u64);
-                }
-                shared.in_flight.fetch_sub(1, Ordering::Relaxed);
-            });
+            break;
         }
+        send_lag.saturating_record((now - intended).as_nanos() as u64);
+        if shared.in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT {
+            shared.record(Err(anyhow!("more than {MAX_IN_FLIGHT} calls in flight")), None);
+            continue;
+        }
+        shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        let (send, uri, w, shared) = (pool.sender(i), uri.clone(), w.clone(), shared.clone());
+        tokio::spawn(async move {
+            let r = timed_call(send, &uri, &w).await;
+            let latency = intended.elapsed();
+            if shared.record(r, (!warm_up).then_some(latency))
+                && let Some(cycle) = cycle
+                && let Ok(mut v) = shared.per_cycle.lock()
+                && let Some(slot) = v.get_mut(cycle)
+            {
+                *slot = Some(latency.as_nanos() as u64);
+            }
+            shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+        });
     }
+    (send_lag, started)
+}
+
+/// Waits for the calls in flight (up to `DRAIN_TIMEOUT`; the rest count as errors) and
+/// returns one result per target; `elapsed` turns the run's wall time into a target's.
+async fn finish(
+    pools: Vec<Pool>,
+    send_lag: Histogram<u64>,
+    elapsed: impl Fn(Duration) -> Duration,
+    started: Instant,
+) -> Vec<RunResult> {
     let in_flight = || pools.iter().map(|(_, _, s)| s.in_flight.load(Ordering::Relaxed)).sum::<u64>();
     let drain_deadline = Instant::now() + DRAIN_TIMEOUT;
     while in_flight() > 0 && Instant::now() < drain_deadline {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    // Every target was called throughout the run.
-    let elapsed = started.elapsed().min(per_target + DRAIN_TIMEOUT);
-    Ok(pools
+    let elapsed = elapsed(started.elapsed());
+    pools
         .into_iter()
         .map(|(_, _, shared)| {
             let stuck = shared.in_flight.load(Ordering::Relaxed);
             shared.errors.fetch_add(stuck, Ordering::Relaxed);
             result(&shared, send_lag.clone(), elapsed)
         })
-        .collect())
+        .collect()
 }
 
 fn result(shared: &Shared, send_lag: Histogram<u64>, elapsed: Duration) -> RunResult {
