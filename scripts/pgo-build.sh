@@ -15,8 +15,8 @@
 # PGO-only binary beside it as strait-proxy.pgo-only, and the profiles. Both behave
 # exactly as the plain build; they are laid out and inlined for the paths the training
 # took (measured: README, Measured). BOLT=auto (default) skips step 5 with a warning
-# when llvm-bolt is missing (scripts/bench-deps.sh installs it: Debian's bolt-19),
-# BOLT=1 requires it, BOLT=0 skips it.
+# when llvm-bolt is missing (scripts/bench-deps.sh installs it: Debian's bolt-19) and
+# for musl targets (see below), BOLT=1 requires it, BOLT=0 skips it.
 #
 # The result is reused while the proxy's sources, Cargo.lock, the trainer and the
 # toolchain are unchanged (a key over their contents). PGO_TARGET=<triple> builds for
@@ -34,6 +34,12 @@ mkdir -p "$out"
 # llvm-bolt and merge-fdata: PATH first, else the newest Debian LLVM that has them.
 bolt_mode="${BOLT:-auto}"
 bolt="" merge_fdata=""
+# BOLT's instrumented build of the static-pie musl binary dies with SIGSEGV before
+# main (llvm-bolt 19, 2026-11-27), so auto leaves musl targets at PGO only.
+if [[ $bolt_mode == auto && $triple == *musl* ]]; then
+  echo "pgo: BOLT skipped for $triple (its instrumented static-pie binary crashes at start); PGO only" >&2
+  bolt_mode=0
+fi
 if [[ $bolt_mode != 0 ]]; then
   bolt="$(command -v llvm-bolt || true)"
   if [[ -z $bolt ]]; then
