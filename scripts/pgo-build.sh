@@ -20,7 +20,7 @@
 #
 # The result is reused while the proxy's sources, Cargo.lock, the trainer and the
 # toolchain are unchanged (a key over their contents). PGO_TARGET=<triple> builds for
-# another target of this host (e.g. x86_64-unknown-linux-musl for the image); its
+# another target of this host (e.g. x86_64-unknown-linux-musl); its
 # instrumented binary must run here for the training.
 set -euo pipefail
 cd "$(dirname "$0")/.."
