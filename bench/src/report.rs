@@ -72,6 +72,8 @@ fn mode_json(m: &Mode) -> Value {
 pub const BOOTSTRAP_ITERS: usize = 2000;
 /// Its blocks: this many seconds of consecutive cycles (a stall lasts milliseconds).
 pub const BOOTSTRAP_BLOCK_SECONDS: f64 = 1.0;
+/// Fewer blocks per path than this and the report says its intervals are unreliable.
+const MIN_RELIABLE_BLOCKS: f64 = 20.0;
 /// The differences a call-by-call point reports, `(a, b)` for a − b: the A/A control
 /// first, then what the issue-6 targets compare, then what the optimised build buys
 /// over the plain one; pairs with a missing path are skipped.
@@ -474,6 +476,14 @@ fn tail_table(pt: &Value) -> String {
          | difference, µs: all calls [95% interval] | p50 | p90 | p99 | p99.9 | p99 resolved? |\n|---|---|---|---|---|---|\n",
         t["calls_per_path"], t["resamples"], t["block_cycles"]
     );
+    // A bootstrap over a handful of blocks understates the spread (BENCH_QUICK=1).
+    let blocks = t["calls_per_path"].as_f64().unwrap_or(0.0) / t["block_cycles"].as_f64().unwrap_or(1.0).max(1.0);
+    if blocks < MIN_RELIABLE_BLOCKS {
+        out = format!(
+            "**Only {blocks:.0} blocks per path: too few for these intervals to be reliable \
+             (longer runs: BENCH_TAIL_DURATION, BENCH_REPEATS).**\n\n{out}"
+        );
+    }
     let labels = ["p50", "p90", "p99", "p99.9"];
     let verdict = |d: &Value| match (d["resolved"].as_bool(), d["estimate_us"].as_f64()) {
         (Some(true), Some(e)) if e < 0.0 => "yes: lower",
@@ -744,6 +754,8 @@ mod tests {
         let md = tail_table(&json!({"tail": tail}));
         assert!(md.contains("| strait-outbound − haproxy | -20 [-20…-20] | -20 [-20…-20] | -20 [-20…-20] | -20 [-20…-20] | yes: lower |"), "{md}");
         assert!(md.contains("| haproxy-b − haproxy (A/A control: noise) |"), "{md}");
+        // 3000 cycles in 1 s blocks of 100: 30 blocks, no warning.
+        assert!(!md.contains("too few"), "{md}");
         // Added latency has an interval too; direct has no row of its own.
         assert!(md.contains("| strait-outbound − direct (added) |") && !md.contains("| direct − direct"), "{md}");
     }
@@ -762,6 +774,8 @@ mod tests {
             ),
             "{md}"
         );
+        // 10 calls in blocks of 2: 5 blocks, and the table says so.
+        assert!(md.starts_with("**Only 5 blocks per path: too few"), "{md}");
     }
 
     #[test]
