@@ -501,11 +501,8 @@ async fn run_point(env: &mut Env, o: &Opts, id: String, w: Workload, mode: Mode,
         let bpids = env.procs[env.backend].pids();
         let c0: Vec<f64> = pids.iter().map(|p| procs::cpu_seconds_all(p)).collect();
         let b0 = procs::cpu_seconds_all(&bpids);
-        let results = match mode {
-            // A new shuffle of the call order in every repeat.
-            Mode::OpenByCall { rate } => load::run_open_by_call(&targets, &w, rate, d, o.conns, rep as u64 + 1).await?,
-            _ => load::run_turns(&targets, &w, mode, d, INTERLEAVE_SLICE, o.conns).await?,
-        };
+        // Call by call: a new shuffle of the call order in every repeat.
+        let results = load::run_turns(&targets, &w, mode, d, INTERLEAVE_SLICE, o.conns, rep as u64 + 1).await?;
         let c1: Vec<f64> = pids.iter().map(|p| procs::cpu_seconds_all(p)).collect();
         let b1 = procs::cpu_seconds_all(&bpids);
         env.check_all_alive()?;

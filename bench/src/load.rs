@@ -264,12 +264,13 @@ async fn timed_call(send: SendRequest<Bytes>, uri: &str, w: &Workload) -> Result
 
 /// Runs `w` against `target` for `duration` in `mode` over `conns` connections.
 pub async fn run(target: &Target, w: &Workload, mode: Mode, duration: Duration, conns: usize) -> Result<RunResult> {
-    let mut results = run_turns(std::slice::from_ref(target), w, mode, duration, duration, conns).await?;
+    let mut results = run_turns(std::slice::from_ref(target), w, mode, duration, duration, conns, 0).await?;
     results.pop().ok_or_else(|| anyhow!("no result"))
 }
 
 /// Runs `w` in `mode` against several targets taking turns of `slice`, `per_target`
-/// each ([`run_open`] or [`run_closed_turns`]). One result per target, in order.
+/// each ([`run_open`] or [`run_closed_turns`]), or call by call ([`run_open_by_call`],
+/// which shuffles its order from `seed`). One result per target, in order.
 pub async fn run_turns(
     targets: &[Target],
     w: &Workload,
@@ -277,11 +278,12 @@ pub async fn run_turns(
     per_target: Duration,
     slice: Duration,
     conns: usize,
+    seed: u64,
 ) -> Result<Vec<RunResult>> {
     match mode {
         Mode::Open { rate } => run_open(targets, w, rate, per_target, slice, conns).await,
         Mode::Closed { concurrency } => run_closed_turns(targets, w, concurrency, per_target, slice, conns).await,
-        Mode::OpenByCall { rate } => run_open_by_call(targets, w, rate, per_target, conns, 0).await,
+        Mode::OpenByCall { rate } => run_open_by_call(targets, w, rate, per_target, conns, seed).await,
     }
 }
 

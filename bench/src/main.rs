@@ -335,7 +335,7 @@ async fn run(cli: Cli) -> Result<()> {
                 Some(rate) => load::Mode::Open { rate },
                 None => load::Mode::Closed { concurrency },
             };
-            let results = load::run_turns(&targets, &w, mode, duration, slice, conns).await.context("load run")?;
+            let results = load::run_turns(&targets, &w, mode, duration, slice, conns, 0).await.context("load run")?;
             for (target, r) in targets.iter().zip(results) {
                 let h = &r.latency;
                 println!(

@@ -99,28 +99,34 @@ fn tail_json(pt: &Point, names: &[&str], rate: f64) -> Value {
         None => Value::Null,
     };
     let idx = |n: &str| names.iter().position(|x| *x == n);
+    let qs: Vec<f64> = TAIL_QUANTILES.iter().map(|(_, q)| *q).collect();
+    let boot = Bootstrap::run(&pt.per_cycle, &qs, block, BOOTSTRAP_ITERS, 17);
     let mut out = serde_json::Map::new();
-    for (i, (label, q)) in TAIL_QUANTILES.iter().enumerate() {
-        let boot = Bootstrap::run(&pt.per_cycle, *q, block, BOOTSTRAP_ITERS, 17 + i as u64);
+    for (k, (label, _)) in TAIL_QUANTILES.iter().enumerate() {
         let mut per_path = serde_json::Map::new();
         for (p, name) in names.iter().enumerate() {
-            let added = if p == 0 { Value::Null } else { iv(boot.difference(p, 0)) };
-            per_path.insert(
-                (*name).to_owned(),
-                json!({"all_calls_us": boot.full[p].map(|v| v as f64 / 1e3), "added": added}),
-            );
+            let added = if p == 0 { Value::Null } else { iv(boot.difference(k, p, 0)) };
+            let all_calls = boot.full.get(p).and_then(|qs| qs.get(k)).copied().flatten();
+            per_path
+                .insert((*name).to_owned(), json!({"all_calls_us": all_calls.map(|v| v as f64 / 1e3), "added": added}));
         }
         let pairs: Vec<Value> = TAIL_PAIRS
             .iter()
             .filter_map(|(a, b)| {
                 let (ia, ib) = (idx(a)?, idx(b)?);
-                Some(json!({"a": a, "b": b, "difference": iv(boot.difference(ia, ib))}))
+                Some(json!({"a": a, "b": b, "difference": iv(boot.difference(k, ia, ib))}))
             })
             .collect();
         out.insert((*label).to_owned(), json!({"paths": per_path, "pairs": pairs}));
     }
     json!({"calls_per_path": pt.per_cycle.first().map_or(0, Vec::len), "block_cycles": block,
            "resamples": BOOTSTRAP_ITERS, "quantiles": out})
+}
+
+/// A point of results.json with latencies at a fixed rate (200 ms turns or call by
+/// call), as opposed to the saturation point.
+fn is_open_loop(p: &Value) -> bool {
+    p["mode"]["kind"] == "open" || p["mode"]["kind"] == "open_by_call"
 }
 
 fn cpu_ms_per_1k(s: &Sample, cpu: f64) -> f64 {
@@ -324,8 +330,7 @@ pub fn markdown(r: &Value) -> String {
         r["backend"]["rss_idle_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
         r["backend"]["rss_peak_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
     ));
-    let open = |p: &&Value| p["mode"]["kind"] == "open" || p["mode"]["kind"] == "open_by_call";
-    for pt in points.iter().filter(open) {
+    for pt in points.iter().filter(|p| is_open_loop(p)) {
         let by_call = pt["mode"]["kind"] == "open_by_call";
         let how = if by_call {
             format!(
@@ -472,7 +477,8 @@ fn tail_table(pt: &Value) -> String {
         return String::new();
     };
     let mut out = format!(
-        "Over all {} calls per path, 95% intervals from {} paired block-bootstrap resamples (blocks of {} cycles):          a stall of the machine falls on every path's calls alike, so the control's interval shows what the run resolves.\n\n\
+        "Over all {} calls per path, 95% intervals from {} paired block-bootstrap resamples (blocks of {} cycles): \
+         a stall of the machine falls on every path's calls alike, so the control's interval shows what the run resolves.\n\n\
          | difference, µs: all calls [95% interval] | p50 | p90 | p99 | p99.9 | p99 resolved? |\n|---|---|---|---|---|---|\n",
         t["calls_per_path"], t["resamples"], t["block_cycles"]
     );
@@ -484,7 +490,7 @@ fn tail_table(pt: &Value) -> String {
              (longer runs: BENCH_TAIL_DURATION, BENCH_REPEATS).**\n\n{out}"
         );
     }
-    let labels = ["p50", "p90", "p99", "p99.9"];
+    let labels: Vec<&str> = TAIL_QUANTILES.iter().map(|(label, _)| *label).collect();
     let verdict = |d: &Value| match (d["resolved"].as_bool(), d["estimate_us"].as_f64()) {
         (Some(true), Some(e)) if e < 0.0 => "yes: lower",
         (Some(true), Some(_)) => "yes: higher",
@@ -568,13 +574,8 @@ pub fn write_png(r: &Value, path: &Path) -> Result<()> {
     plotters::style::register_font("sans-serif", FontStyle::Normal, font)
         .map_err(|_| anyhow::anyhow!("invalid font"))?;
 
-    let points: Vec<Value> = r["points"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|p| p["mode"]["kind"] == "open" || p["mode"]["kind"] == "open_by_call")
-        .collect();
+    let points: Vec<Value> =
+        r["points"].as_array().cloned().unwrap_or_default().into_iter().filter(is_open_loop).collect();
     let paths: Vec<String> = r["paths"]
         .as_array()
         .cloned()
@@ -756,6 +757,7 @@ mod tests {
         assert!(md.contains("| haproxy-b − haproxy (A/A control: noise) |"), "{md}");
         // 3000 cycles in 1 s blocks of 100: 30 blocks, no warning.
         assert!(!md.contains("too few"), "{md}");
+        assert!(md.contains("(blocks of 100 cycles): a stall of the machine"), "{md}");
         // Added latency has an interval too; direct has no row of its own.
         assert!(md.contains("| strait-outbound − direct (added) |") && !md.contains("| direct − direct"), "{md}");
     }

@@ -37,29 +37,32 @@ impl Interval {
     }
 }
 
-/// Quantile `q` of every path, from all calls and from `iters` block resamples.
+/// Quantiles `qs` of every path, from all calls and from `iters` block resamples: one
+/// draw of blocks per resample serves every quantile.
 pub struct Bootstrap {
-    /// `full[path]`: the quantile over all calls (`None`: no successful call).
-    pub full: Vec<Option<u64>>,
-    /// `draws[i][path]`: the quantile in resample `i` (`None`: no successful call in it).
-    pub draws: Vec<Vec<Option<u64>>>,
+    /// `full[path][k]`: quantile `qs[k]` over all calls (`None`: no successful call).
+    pub full: Vec<Vec<Option<u64>>>,
+    /// `draws[i][path][k]`: quantile `qs[k]` in resample `i` (`None`: no successful
+    /// call in it).
+    pub draws: Vec<Vec<Vec<Option<u64>>>>,
 }
 
 impl Bootstrap {
     /// Series of unequal length are cut to the shortest; a `block` of 0 counts as 1.
-    pub fn run(series: &[Vec<Option<u64>>], q: f64, block: usize, iters: usize, seed: u64) -> Self {
+    pub fn run(series: &[Vec<Option<u64>>], qs: &[f64], block: usize, iters: usize, seed: u64) -> Self {
         let cycles = series.iter().map(Vec::len).min().unwrap_or(0);
         let block = block.max(1);
         let blocks = cycles.div_ceil(block);
         let mut scratch: Vec<u64> = Vec::with_capacity(cycles);
-        let mut quantile_of = |path: &[Option<u64>], starts: &mut dyn Iterator<Item = usize>| {
+        let mut quantiles_of = |path: &[Option<u64>], starts: &mut dyn Iterator<Item = usize>| -> Vec<Option<u64>> {
             scratch.clear();
             for start in starts {
                 scratch.extend(path[start..(start + block).min(cycles)].iter().flatten());
             }
-            quantile(&mut scratch, q)
+            // `quantile` only reorders: the next quantile of the same calls stays right.
+            qs.iter().map(|q| quantile(&mut scratch, *q)).collect()
         };
-        let full = series.iter().map(|p| quantile_of(p, &mut (0..blocks).map(|b| b * block))).collect();
+        let full = series.iter().map(|p| quantiles_of(p, &mut (0..blocks).map(|b| b * block))).collect();
         let mut rng = fastrand::Rng::with_seed(seed);
         let mut draws = Vec::with_capacity(iters);
         let mut starts = Vec::with_capacity(blocks);
@@ -69,27 +72,25 @@ impl Bootstrap {
             }
             starts.clear();
             starts.extend((0..blocks).map(|_| rng.usize(0..blocks) * block));
-            draws.push(series.iter().map(|p| quantile_of(p, &mut starts.iter().copied())).collect());
+            draws.push(series.iter().map(|p| quantiles_of(p, &mut starts.iter().copied())).collect());
         }
         Bootstrap { full, draws }
     }
 
-    /// Path `a` − path `b` with the 2.5th and 97.5th percentiles of the resampled
-    /// differences; `None` when either path has no successful call.
-    pub fn difference(&self, a: usize, b: usize) -> Option<Interval> {
-        let (fa, fb) = (self.full.get(a).copied().flatten()?, self.full.get(b).copied().flatten()?);
-        let mut d: Vec<f64> = self
-            .draws
-            .iter()
-            .filter_map(|row| Some(row.get(a).copied().flatten()? as f64 - row.get(b).copied().flatten()? as f64))
-            .collect();
+    /// At quantile `qs[k]`: path `a` − path `b` with the 2.5th and 97.5th percentiles of
+    /// the resampled differences; `None` when either path has no successful call.
+    pub fn difference(&self, k: usize, a: usize, b: usize) -> Option<Interval> {
+        let at = |row: &[Vec<Option<u64>>], p: usize| row.get(p).and_then(|qs| qs.get(k)).copied().flatten();
+        let (fa, fb) = (at(&self.full, a)?, at(&self.full, b)?);
+        let mut d: Vec<f64> =
+            self.draws.iter().filter_map(|row| Some(at(row, a)? as f64 - at(row, b)? as f64)).collect();
         let estimate = fa as f64 - fb as f64;
         if d.is_empty() {
             return Some(Interval { estimate, lo: estimate, hi: estimate });
         }
         d.sort_by(f64::total_cmp);
-        let at = |p: f64| d[((p * (d.len() - 1) as f64).round() as usize).min(d.len() - 1)];
-        Some(Interval { estimate, lo: at(0.025), hi: at(0.975) })
+        let pct = |p: f64| d[((p * (d.len() - 1) as f64).round() as usize).min(d.len() - 1)];
+        Some(Interval { estimate, lo: pct(0.025), hi: pct(0.975) })
     }
 }
 
@@ -129,8 +130,8 @@ mod tests {
             *x = x.map(|v| v + 20_000_000);
         }
         let b: Vec<Option<u64>> = a.iter().map(|x| x.map(|v| v + 30_000)).collect();
-        let boot = Bootstrap::run(&[a, b], 0.99, 100, 500, 9);
-        let d = boot.difference(1, 0).expect("both paths have calls");
+        let boot = Bootstrap::run(&[a, b], &[0.99], 100, 500, 9);
+        let d = boot.difference(0, 1, 0).expect("both paths have calls");
         // Every resample holds the stall (or not) for both: b − a is 30 µs in each.
         assert_eq!(d, Interval { estimate: 30_000.0, lo: 30_000.0, hi: 30_000.0 });
         assert!(d.resolved());
@@ -141,7 +142,7 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(2);
         let a = noisy(&mut rng, 10_000, 200_000, 40, 400_000);
         let b = noisy(&mut rng, 10_000, 200_000, 40, 400_000);
-        let d = Bootstrap::run(&[a, b], 0.99, 100, 1000, 3).difference(0, 1).expect("calls");
+        let d = Bootstrap::run(&[a, b], &[0.99], 100, 1000, 3).difference(0, 0, 1).expect("calls");
         assert!(d.lo < 0.0 && d.hi > 0.0, "{d:?}");
         assert!(!d.resolved());
     }
@@ -152,7 +153,7 @@ mod tests {
         let a = noisy(&mut rng, 10_000, 200_000, 40, 400_000);
         // The same body, a tail 1.5 times as long.
         let b = noisy(&mut rng, 10_000, 200_000, 40, 600_000);
-        let d = Bootstrap::run(&[a, b], 0.99, 100, 1000, 5).difference(1, 0).expect("calls");
+        let d = Bootstrap::run(&[a, b], &[0.99], 100, 1000, 5).difference(0, 1, 0).expect("calls");
         assert!(d.resolved() && d.lo > 0.0, "{d:?}");
         assert!(d.lo <= d.estimate && d.estimate <= d.hi, "{d:?}");
     }
@@ -161,13 +162,23 @@ mod tests {
     fn failed_calls_are_left_out_and_a_path_without_calls_has_no_difference() {
         let a = vec![Some(100), None, Some(300), None];
         let b = vec![None; 4];
-        let boot = Bootstrap::run(&[a, b], 0.99, 1, 50, 1);
-        assert_eq!(boot.full, vec![Some(300), None]);
-        assert_eq!(boot.difference(0, 1), None);
-        assert_eq!(boot.difference(0, 7), None);
+        let boot = Bootstrap::run(&[a, b], &[0.99], 1, 50, 1);
+        assert_eq!(boot.full, vec![vec![Some(300)], vec![None]]);
+        assert_eq!(boot.difference(0, 0, 1), None);
+        assert_eq!(boot.difference(0, 0, 7), None);
+        assert_eq!(boot.difference(1, 0, 0), None, "no second quantile was asked for");
         // No cycles: no draws, no panic.
-        let empty = Bootstrap::run(&[vec![], vec![]], 0.5, 10, 10, 1);
+        let empty = Bootstrap::run(&[vec![], vec![]], &[0.5], 10, 10, 1);
         assert!(empty.draws.is_empty());
-        assert_eq!(empty.difference(0, 1), None);
+        assert_eq!(empty.difference(0, 0, 1), None);
+    }
+
+    #[test]
+    fn one_draw_serves_every_quantile() {
+        let series: Vec<Option<u64>> = (1..=1000).rev().map(Some).collect();
+        let boot = Bootstrap::run(&[series], &[0.99, 0.5, 0.9], 10, 20, 1);
+        // Asked in any order, each quantile of all calls is the one `quantile` gives.
+        assert_eq!(boot.full, vec![vec![Some(990), Some(500), Some(900)]]);
+        assert!(boot.draws.iter().all(|d| d[0].len() == 3));
     }
 }
