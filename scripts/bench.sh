@@ -7,7 +7,8 @@
 # (~1 min, no scale part), BENCH_DURATION / BENCH_SAT_DURATION
 # (seconds per run), BENCH_REPEATS, BENCH_CONCURRENCY, BENCH_CONNS, BENCH_LOW_RATE,
 # BENCH_HIGH_FRACTION, BENCH_TAIL_RATE / BENCH_TAIL_DURATION (the call-by-call tail
-# points: rps per path, seconds per repeat), BENCH_GEN_CPUS / BENCH_SERVER_CPUS (override the pinning),
+# points: rps per path, seconds per repeat), BENCH_TAIL_FIFO=0 (skip the second set of tail
+# points, run with the backend and proxies under SCHED_FIFO), BENCH_GEN_CPUS / BENCH_SERVER_CPUS (override the pinning),
 # BENCH_SCALE_SERVICES / _ROUTES / _ENDPOINTS_PER_SERVICE / _CHANGES / _PARALLELISM.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -46,6 +46,10 @@ pub struct Opts {
     pub tail_rate: f64,
     /// Seconds per tail point run.
     pub tail_duration: Duration,
+    /// Also run the tail points with the backend and every proxy under SCHED_FIFO
+    /// (`procs::FIFO_PRIORITY`), so the kernel threads that hold the servers' core for
+    /// milliseconds wait for them instead.
+    pub tail_fifo: bool,
 }
 
 pub struct PathDef {
@@ -116,6 +120,8 @@ pub struct Point {
     /// Call-by-call points: per path, the latency of its call in each cycle (ns, `None`
     /// if it failed), repeats one after another; aligned across paths.
     pub per_cycle: Vec<Vec<Option<u64>>>,
+    /// The backend and every proxy ran under SCHED_FIFO (`procs::FIFO_PRIORITY`).
+    pub servers_fifo: bool,
 }
 
 impl Point {
@@ -128,6 +134,7 @@ impl Point {
             samples: vec![Vec::new(); paths],
             merged: (0..paths).map(|_| Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("bounds")).collect(),
             per_cycle: vec![Vec::new(); paths],
+            servers_fifo: false,
         }
     }
 
@@ -610,6 +617,56 @@ fn parse_h2load_time(s: &str) -> f64 {
     }
 }
 
+/// The call-by-call tail points, one per workload: every path at `tail_rate` at once.
+async fn tail_points(env: &mut Env, o: &Opts, servers_fifo: bool) -> Result<Vec<Point>> {
+    let mut points = Vec::new();
+    for w in Workload::all() {
+        let sched = if servers_fifo { "-fifo" } else { "" };
+        let id = format!("{}@{}rps-per-path-by-call{sched}", w.name, o.tail_rate as u64);
+        eprintln!(
+            "== {id} (open loop, {} × {:?}, every path at {} rps at once, calls taking turns one by one{})",
+            o.repeats,
+            o.tail_duration,
+            o.tail_rate,
+            if servers_fifo { ", servers under SCHED_FIFO" } else { "" }
+        );
+        let mut pt = run_point(env, o, id, w, Mode::OpenByCall { rate: o.tail_rate }, o.tail_duration).await?;
+        pt.servers_fifo = servers_fifo;
+        points.push(pt);
+    }
+    Ok(points)
+}
+
+/// The backend and every proxy under SCHED_FIFO while this lives, SCHED_OTHER again
+/// when it is dropped (also when a tail point fails half way).
+struct FifoServers {
+    pids: Vec<u32>,
+}
+
+impl FifoServers {
+    fn enter(pids: Vec<u32>) -> Result<Self> {
+        if let Err(e) = procs::set_sched(&pids, Some(procs::FIFO_PRIORITY)) {
+            // Some may have moved before the one that failed.
+            let _ = procs::set_sched(&pids, None);
+            return Err(e);
+        }
+        let fifo = FifoServers { pids };
+        // chrt succeeded; /proc confirms it before any call is measured as FIFO.
+        if let Some(pid) = fifo.pids.iter().find(|&&p| procs::sched_policy(p) != Some(1)) {
+            bail!("pid {pid} is not under SCHED_FIFO after chrt (policy {:?})", procs::sched_policy(*pid));
+        }
+        Ok(fifo)
+    }
+}
+
+impl Drop for FifoServers {
+    fn drop(&mut self) {
+        if let Err(e) = procs::set_sched(&self.pids, None) {
+            eprintln!("strait-bench: servers not returned to SCHED_OTHER: {e:#}");
+        }
+    }
+}
+
 pub async fn run(o: Opts) -> Result<Value> {
     let t0 = Instant::now();
     std::fs::create_dir_all(&o.out_dir)?;
@@ -678,18 +735,32 @@ pub async fn run(o: Opts) -> Result<Value> {
         );
         points.push(run_point(&mut env, &o, id, w, Mode::Open { rate }, o.duration).await?);
     }
-    for w in Workload::all() {
-        let id = format!("{}@{}rps-per-path-by-call", w.name, o.tail_rate as u64);
-        eprintln!(
-            "== {id} (open loop, {} × {:?}, every path at {} rps at once, calls taking turns one by one)",
-            o.repeats, o.tail_duration, o.tail_rate
-        );
-        points.push(run_point(&mut env, &o, id, w, Mode::OpenByCall { rate: o.tail_rate }, o.tail_duration).await?);
+    points.extend(tail_points(&mut env, &o, false).await?);
+    // The same tail points with the servers' core under SCHED_FIFO: what is left of
+    // the p99 when the kernel threads that take the core for milliseconds wait for
+    // the proxies (all paths alike, the direct one included).
+    let mut tail_fifo_skipped = None;
+    if o.tail_fifo {
+        let pids: Vec<u32> = env.procs.iter().flat_map(Proc::pids).collect();
+        match FifoServers::enter(pids) {
+            Ok(fifo) => {
+                let pts = tail_points(&mut env, &o, true).await;
+                drop(fifo);
+                points.extend(pts?);
+            }
+            Err(e) => {
+                eprintln!("== tail points under SCHED_FIFO skipped: {e:#}");
+                tail_fifo_skipped = Some(format!("{e:#}"));
+            }
+        }
     }
     eprintln!("== h2load cross-check (direct backend)");
     let h2 = h2load_check(&mut env, &o).await?;
     let peaks = sampler.finish();
     let total = t0.elapsed();
-    let results = report::build_json(&o, &env, &points, &peaks, h2, high, total);
+    let mut results = report::build_json(&o, &env, &points, &peaks, h2, high, total);
+    if let Some(why) = tail_fifo_skipped {
+        results["tail_fifo_skipped"] = json!(why);
+    }
     Ok(results)
 }

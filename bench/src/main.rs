@@ -103,6 +103,10 @@ struct CompareArgs {
     /// Seconds per tail point run (default 20, quick 2).
     #[arg(long, env = "BENCH_TAIL_DURATION")]
     tail_duration: Option<f64>,
+    /// Run the tail points a second time with the backend and proxies under
+    /// SCHED_FIFO (needs CAP_SYS_NICE; skipped with a note in the report without it).
+    #[arg(long, env = "BENCH_TAIL_FIFO", value_parser = clap::builder::BoolishValueParser::new(), default_value = "true")]
+    tail_fifo: bool,
 }
 
 #[derive(clap::Args, Clone)]
@@ -223,6 +227,7 @@ fn compare_opts(common: &Common, c: &CompareArgs) -> compare::Opts {
         high_fraction: c.high_fraction,
         tail_rate: c.tail_rate,
         tail_duration: Duration::from_secs_f64(c.tail_duration.unwrap_or(if q { 2.0 } else { 20.0 })),
+        tail_fifo: c.tail_fifo,
     }
 }
 

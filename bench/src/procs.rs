@@ -106,6 +106,45 @@ fn children_of(pid: u32) -> Vec<u32> {
     std::fs::read_to_string(path).unwrap_or_default().split_whitespace().filter_map(|s| s.parse().ok()).collect()
 }
 
+/// Real-time priority of the servers' core during the FIFO tail points: above the
+/// kernel threads that run as SCHED_OTHER (kdamond, kworkers, kcompactd: the ~4 ms holds
+/// that set the low-rate p99 here) and RCU's boost threads (priority 1), below threaded
+/// interrupt handlers (50), which keep pre-empting the servers as before.
+pub const FIFO_PRIORITY: u32 = 10;
+
+/// Puts every thread of each of `pids` under SCHED_FIFO at `priority`, or back under
+/// SCHED_OTHER with `None`, with chrt(1) from util-linux (no unsafe
+/// `sched_setscheduler` call; nix does not wrap it).
+pub fn set_sched(pids: &[u32], priority: Option<u32>) -> Result<()> {
+    let policy = priority.map_or("SCHED_OTHER".to_owned(), |p| format!("SCHED_FIFO {p}"));
+    // Every pid is tried, so a reset after a failure still reaches the others.
+    let mut failed = Vec::new();
+    for pid in pids {
+        let mut cmd = Command::new("chrt");
+        cmd.arg("--all-tasks");
+        match priority {
+            Some(p) => cmd.args(["--fifo", "--pid", &p.to_string()]),
+            None => cmd.args(["--other", "--pid", "0"]),
+        };
+        let out = cmd.arg(pid.to_string()).stdin(Stdio::null()).output().context("running chrt (util-linux)")?;
+        if !out.status.success() {
+            failed.push(format!("pid {pid}: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        }
+    }
+    if !failed.is_empty() {
+        bail!("chrt to {policy} failed: {}", failed.join("; "));
+    }
+    Ok(())
+}
+
+/// The scheduling policy of `pid`'s main thread as /proc reports it (field 41 of
+/// `stat`: 0 SCHED_OTHER, 1 SCHED_FIFO), `None` if the process is gone.
+pub fn sched_policy(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(41 - 3).and_then(|v| v.parse().ok())
+}
+
 /// CPU time of process `pid` (every thread, exited ones included) in seconds.
 ///
 /// Read from the process's CPU-time clock, which counts nanoseconds. `/proc/<pid>/stat`
@@ -282,5 +321,37 @@ mod tests {
         assert_eq!(cpu_seconds(pid), 0.0);
         // Beyond the kernel's pid_max: not some other process's clock either.
         assert_eq!(cpu_seconds(u32::MAX / 2), 0.0);
+    }
+
+    /// The FIFO tail points move a running process's threads to SCHED_FIFO and back;
+    /// a pid that names no process is an error that says which, not a silent no-op.
+    #[test]
+    fn set_sched_moves_a_process_to_fifo_and_back() {
+        let log = std::env::temp_dir().join(format!("strait-bench-sched-{}.log", std::process::id()));
+        let sleeper = Proc::spawn("sleeper", None, Path::new("sleep"), &["30".into()], &log).expect("spawn sleep");
+        let pid = sleeper.pid();
+        assert_eq!(sched_policy(pid), Some(0), "a child starts under SCHED_OTHER");
+        match set_sched(&[pid], Some(FIFO_PRIORITY)) {
+            Ok(()) => {
+                assert_eq!(sched_policy(pid), Some(1), "SCHED_FIFO after set_sched");
+                set_sched(&[pid], None).expect("back to SCHED_OTHER");
+                assert_eq!(sched_policy(pid), Some(0), "SCHED_OTHER again");
+            }
+            // Without CAP_SYS_NICE (or with no real-time budget in this cgroup) the
+            // benchmark skips its FIFO tail points; the error must say so.
+            Err(e) => {
+                let msg = format!("{e:#}");
+                assert!(msg.contains("SCHED_FIFO") && msg.contains(&pid.to_string()), "{msg}");
+                eprintln!("real-time scheduling not permitted here: {msg}");
+            }
+        }
+        drop(sleeper);
+        let _ = std::fs::remove_file(&log);
+        let mut gone = Command::new("true").spawn().expect("spawn true");
+        let gone_pid = gone.id();
+        gone.wait().expect("wait for true");
+        let err = set_sched(&[gone_pid], None).expect_err("no such process");
+        assert!(format!("{err:#}").contains(&gone_pid.to_string()), "{err:#}");
+        assert_eq!(sched_policy(gone_pid), None);
     }
 }

@@ -123,6 +123,14 @@ fn tail_json(pt: &Point, names: &[&str], rate: f64) -> Value {
            "resamples": BOOTSTRAP_ITERS, "quantiles": out})
 }
 
+/// ", backend and proxies under SCHED_FIFO n" for a point run that way, else "".
+fn fifo_note(pt: &Value) -> String {
+    match pt["servers_sched"].as_str() {
+        Some(s) if s.starts_with("SCHED_FIFO") => format!(", backend and proxies under {s}"),
+        _ => String::new(),
+    }
+}
+
 /// A point of results.json with latencies at a fixed rate (200 ms turns or call by
 /// call), as opposed to the saturation point.
 fn is_open_loop(p: &Value) -> bool {
@@ -184,9 +192,15 @@ pub fn build_json(
                     }),
                 );
             }
+            let sched = if pt.servers_fifo {
+                format!("SCHED_FIFO {}", crate::procs::FIFO_PRIORITY)
+            } else {
+                "SCHED_OTHER".to_owned()
+            };
             let mut v = json!({"id": pt.id, "workload": pt.workload.name, "method": pt.workload.path,
                    "request_frame_bytes": pt.workload.frame.len(), "response_messages": pt.workload.messages,
-                   "mode": mode_json(&pt.mode), "seconds_per_run": pt.duration.as_secs_f64(), "paths": per_path});
+                   "mode": mode_json(&pt.mode), "seconds_per_run": pt.duration.as_secs_f64(),
+                   "servers_sched": sched, "paths": per_path});
             if let Mode::OpenByCall { rate } = pt.mode {
                 v["tail"] = tail_json(pt, &names, rate);
             }
@@ -210,6 +224,7 @@ pub fn build_json(
             "client_connections": o.conns, "low_rate_rps": o.low_rate, "high_rate_rps": high_rate,
             "interleave_slice_ms": crate::compare::INTERLEAVE_SLICE.as_millis() as u64,
             "tail_rate_rps_per_path": o.tail_rate, "tail_seconds": o.tail_duration.as_secs_f64(),
+            "tail_fifo": o.tail_fifo,
             "high_rate_fraction_of_slowest_saturation": o.high_fraction,
             "generator_cpus": o.gen_cpus, "server_cpus": o.server_cpus,
             "strait_proxy_bin": o.proxy_bin.display().to_string(),
@@ -334,8 +349,10 @@ pub fn markdown(r: &Value) -> String {
         let by_call = pt["mode"]["kind"] == "open_by_call";
         let how = if by_call {
             format!(
-                "{} rps per path, all paths at once, calls taking turns one by one ({} s per repeat)",
-                pt["mode"]["rate_rps"], s["tail_seconds"]
+                "{} rps per path, all paths at once, calls taking turns one by one ({} s per repeat{})",
+                pt["mode"]["rate_rps"],
+                s["tail_seconds"],
+                fifo_note(pt)
             )
         } else {
             format!("open loop {} rps", pt["mode"]["rate_rps"])
@@ -378,6 +395,9 @@ pub fn markdown(r: &Value) -> String {
         } else {
             out.push_str(&paired_table(pt));
         }
+    }
+    if let Some(why) = r["tail_fifo_skipped"].as_str() {
+        out.push_str(&format!("**Tail points with the servers under SCHED_FIFO: skipped.** {why}\n\n"));
     }
     let h = &r["h2load_cross_check"];
     if h.get("h2load_rps_median").is_some() {
@@ -600,7 +620,8 @@ pub fn write_png(r: &Value, path: &Path) -> Result<()> {
         RGBColor(214, 39, 40),
         RGBColor(148, 103, 189),
     ];
-    let root = BitMapBackend::new(path, (1600, 1100)).into_drawing_area();
+    let rows = points.len().div_ceil(2).max(1);
+    let root = BitMapBackend::new(path, (1600, 50 + 260 * rows as u32)).into_drawing_area();
     root.fill(&WHITE)?;
     let (title, body) = root.split_vertically(50);
     title.draw(&Text::new(
@@ -612,7 +633,6 @@ pub fn write_png(r: &Value, path: &Path) -> Result<()> {
         ("sans-serif", 24).into_font(),
     ))?;
     let cols = 2;
-    let rows = points.len().div_ceil(cols).max(1);
     let areas = body.split_evenly((rows, cols));
     for (area, pt) in areas.iter().zip(points.iter()) {
         let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
@@ -638,7 +658,7 @@ pub fn write_png(r: &Value, path: &Path) -> Result<()> {
             pt["workload"].as_str().unwrap_or(""),
             pt["mode"]["rate_rps"].as_f64().unwrap_or(0.0),
             if pt["mode"]["kind"] == "open_by_call" { " per path, call by call" } else { " (open loop)" }
-        );
+        ) + if fifo_note(pt).is_empty() { "" } else { ", servers SCHED_FIFO" };
         let mut chart = ChartBuilder::on(area)
             .caption(caption, ("sans-serif", 20))
             .margin(12)
@@ -778,6 +798,15 @@ mod tests {
         );
         // 10 calls in blocks of 2: 5 blocks, and the table says so.
         assert!(md.starts_with("**Only 5 blocks per path: too few"), "{md}");
+    }
+
+    /// A tail point run with the servers under SCHED_FIFO says so in its heading; one
+    /// run as usual, or an older results.json without the field, adds nothing.
+    #[test]
+    fn fifo_points_are_labelled() {
+        assert_eq!(fifo_note(&json!({"servers_sched": "SCHED_FIFO 10"})), ", backend and proxies under SCHED_FIFO 10");
+        assert_eq!(fifo_note(&json!({"servers_sched": "SCHED_OTHER"})), "");
+        assert_eq!(fifo_note(&json!({})), "");
     }
 
     #[test]
