@@ -613,14 +613,20 @@ pub fn write_png(r: &Value, path: &Path) -> Result<()> {
         ("p99.9", 0.999),
         ("p99.99", 0.9999),
     ];
+    // One colour per path: seven paths, so no two share one (with five, HAProxy drew
+    // in direct's black and its control in Strait's blue).
     let colors = [
         RGBColor(0, 0, 0),
         RGBColor(31, 119, 180),
         RGBColor(44, 160, 44),
         RGBColor(214, 39, 40),
         RGBColor(148, 103, 189),
+        RGBColor(255, 127, 14),
+        RGBColor(140, 86, 75),
+        RGBColor(127, 127, 127),
     ];
-    let rows = points.len().div_ceil(2).max(1);
+    let cols = 2;
+    let rows = points.len().div_ceil(cols).max(1);
     let root = BitMapBackend::new(path, (1600, 50 + 260 * rows as u32)).into_drawing_area();
     root.fill(&WHITE)?;
     let (title, body) = root.split_vertically(50);
@@ -632,7 +638,6 @@ pub fn write_png(r: &Value, path: &Path) -> Result<()> {
         (20, 15),
         ("sans-serif", 24).into_font(),
     ))?;
-    let cols = 2;
     let areas = body.split_evenly((rows, cols));
     for (area, pt) in areas.iter().zip(points.iter()) {
         let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
