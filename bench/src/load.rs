@@ -221,10 +221,11 @@ struct Shared {
 }
 
 impl Shared {
-    fn new() -> Arc<Self> {
+    /// `cycles` per-cycle slots (call by call; 0 for the other modes).
+    fn new(cycles: usize) -> Arc<Self> {
         Arc::new(Shared {
             latency: Mutex::new(new_hist()),
-            per_cycle: Mutex::new(Vec::new()),
+            per_cycle: Mutex::new(vec![None; cycles]),
             ok: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
@@ -378,11 +379,7 @@ async fn connect_all(targets: &[Target], w: &Workload, conns: usize, cycles: usi
     for target in targets {
         let pool = Conns::connect(target, conns).await?;
         let uri: Arc<str> = format!("{}{}", pool.uri_prefix, w.path).into();
-        let shared = Shared::new();
-        if let Ok(mut v) = shared.per_cycle.lock() {
-            *v = vec![None; cycles];
-        }
-        pools.push((pool, uri, shared));
+        pools.push((pool, uri, Shared::new(cycles)));
     }
     Ok(pools)
 }
@@ -505,7 +502,7 @@ pub async fn run_closed_turns(
     for target in targets {
         let pool = Arc::new(Conns::connect(target, conns).await?);
         let uri: Arc<str> = format!("{}{}", pool.uri_prefix, w.path).into();
-        pools.push((pool, uri, Shared::new(), Duration::ZERO));
+        pools.push((pool, uri, Shared::new(0), Duration::ZERO));
     }
     let mut remaining = per_target;
     while !remaining.is_zero() {

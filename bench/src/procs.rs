@@ -140,9 +140,17 @@ pub fn set_sched(pids: &[u32], priority: Option<u32>) -> Result<()> {
 /// The scheduling policy of `pid`'s main thread as /proc reports it (field 41 of
 /// `stat`: 0 SCHED_OTHER, 1 SCHED_FIFO), `None` if the process is gone.
 pub fn sched_policy(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(41 - 3).and_then(|v| v.parse().ok())
+    stat_field(&read_stat(pid)?, 41)?.parse().ok()
+}
+
+/// Field `n` (numbered as in proc(5); `n` ≥ 3) of a `/proc/<pid>/stat` line. The comm (field 2) may hold spaces and parentheses, so fields are
+/// counted from the last `)`.
+fn stat_field(stat: &str, n: usize) -> Option<&str> {
+    stat.get(stat.rfind(')')? + 2..)?.split_whitespace().nth(n.checked_sub(3)?)
+}
+
+fn read_stat(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()
 }
 
 /// CPU time of process `pid` (every thread, exited ones included) in seconds.
@@ -166,11 +174,9 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 
 /// utime + stime of `pid` in seconds, from `/proc/<pid>/stat` (clock-tick resolution).
 fn cpu_seconds_from_ticks(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
-    // Fields after the parenthesised comm: state is field 3; utime 14, stime 15.
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { return 0.0 };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let Some(stat) = read_stat(pid) else { return 0.0 };
+    // utime is field 14, stime 15.
+    let ticks = |n: usize| stat_field(&stat, n).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(14) + ticks(15)) / clock_ticks()
 }
 

@@ -106,7 +106,7 @@ fn tail_json(pt: &Point, names: &[&str], rate: f64) -> Value {
         let mut per_path = serde_json::Map::new();
         for (p, name) in names.iter().enumerate() {
             let added = if p == 0 { Value::Null } else { iv(boot.difference(k, p, 0)) };
-            let all_calls = boot.full.get(p).and_then(|qs| qs.get(k)).copied().flatten();
+            let all_calls = boot.all_calls(k, p);
             per_path
                 .insert((*name).to_owned(), json!({"all_calls_us": all_calls.map(|v| v as f64 / 1e3), "added": added}));
         }

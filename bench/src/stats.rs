@@ -77,13 +77,18 @@ impl Bootstrap {
         Bootstrap { full, draws }
     }
 
+    /// Quantile `qs[k]` of path `p` over all calls (`None`: no such path or quantile,
+    /// or no successful call).
+    pub fn all_calls(&self, k: usize, p: usize) -> Option<u64> {
+        at(&self.full, k, p)
+    }
+
     /// At quantile `qs[k]`: path `a` − path `b` with the 2.5th and 97.5th percentiles of
     /// the resampled differences; `None` when either path has no successful call.
     pub fn difference(&self, k: usize, a: usize, b: usize) -> Option<Interval> {
-        let at = |row: &[Vec<Option<u64>>], p: usize| row.get(p).and_then(|qs| qs.get(k)).copied().flatten();
-        let (fa, fb) = (at(&self.full, a)?, at(&self.full, b)?);
+        let (fa, fb) = (self.all_calls(k, a)?, self.all_calls(k, b)?);
         let mut d: Vec<f64> =
-            self.draws.iter().filter_map(|row| Some(at(row, a)? as f64 - at(row, b)? as f64)).collect();
+            self.draws.iter().filter_map(|row| Some(at(row, k, a)? as f64 - at(row, k, b)? as f64)).collect();
         let estimate = fa as f64 - fb as f64;
         if d.is_empty() {
             return Some(Interval { estimate, lo: estimate, hi: estimate });
@@ -92,6 +97,11 @@ impl Bootstrap {
         let pct = |p: f64| d[((p * (d.len() - 1) as f64).round() as usize).min(d.len() - 1)];
         Some(Interval { estimate, lo: pct(0.025), hi: pct(0.975) })
     }
+}
+
+/// `row[p][k]`: quantile `k` of path `p` in one row of `full` or `draws`.
+fn at(row: &[Vec<Option<u64>>], k: usize, p: usize) -> Option<u64> {
+    row.get(p).and_then(|qs| qs.get(k)).copied().flatten()
 }
 
 #[cfg(test)]
