@@ -43,7 +43,36 @@ impl FileSource {
 
     /// Rescans the directory; returns true when anything changed.
     pub fn rescan(&mut self) -> bool {
-        let listing = match list_manifests(&self.dir) {
+        self.apply(self.list())
+    }
+
+    /// The directory's listing: one `stat` per file, nothing read.
+    fn list(&self) -> std::io::Result<Listing> {
+        list_manifests(&self.dir)
+    }
+
+    /// Whether `listing` is what is loaded: no file added, removed or changed, and the
+    /// directory was and is readable. When not, `apply` it.
+    fn is_current(&self, listing: &std::io::Result<Listing>) -> bool {
+        match listing {
+            Ok(l) => {
+                self.dir_error.is_none()
+                    && l.len() == self.files.len()
+                    && l.iter().all(|(path, fp)| self.file_is_current(path, *fp))
+            }
+            // `apply` sorts out whether the error is new.
+            Err(_) => false,
+        }
+    }
+
+    fn file_is_current(&self, path: &Path, fp: Fingerprint) -> bool {
+        self.files.get(path).is_some_and(|f| f.fingerprint == fp)
+    }
+
+    /// Brings the loaded files in line with `listing` (re-reading new and changed ones);
+    /// returns true when anything changed.
+    fn apply(&mut self, listing: std::io::Result<Listing>) -> bool {
+        let listing = match listing {
             Ok(l) => {
                 let changed = self.dir_error.take().is_some();
                 if changed {
@@ -69,7 +98,7 @@ impl FileSource {
             changed = true;
         }
         for (path, fp) in listing {
-            if self.files.get(&path).is_some_and(|f| f.fingerprint == fp) {
+            if self.file_is_current(&path, fp) {
                 continue;
             }
             changed = true;
@@ -91,21 +120,6 @@ impl FileSource {
             }
         }
         changed
-    }
-
-    /// Whether a rescan could find anything new: the directory's listing (one `stat`
-    /// per file, nothing read) against the fingerprints loaded. An unreadable
-    /// directory, or one that was unreadable before, always says yes; `rescan` sorts
-    /// out whether its error changed.
-    pub fn needs_rescan(&self) -> bool {
-        match list_manifests(&self.dir) {
-            Ok(listing) => {
-                self.dir_error.is_some()
-                    || listing.len() != self.files.len()
-                    || listing.iter().any(|(path, fp)| self.files.get(path).map(|f| f.fingerprint) != Some(*fp))
-            }
-            Err(_) => true,
-        }
     }
 
     pub fn errors(&self) -> BTreeMap<String, String> {
@@ -137,7 +151,10 @@ impl FileSource {
     }
 }
 
-fn list_manifests(dir: &Path) -> std::io::Result<HashMap<PathBuf, Fingerprint>> {
+/// The manifests of a directory and their fingerprints.
+type Listing = HashMap<PathBuf, Fingerprint>;
+
+fn list_manifests(dir: &Path) -> std::io::Result<Listing> {
     let mut out = HashMap::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -190,11 +207,12 @@ pub async fn run(
         // CPU per 10 s idle on the benchmark's VM, and a call arriving meanwhile
         // waited on a one-CPU sidecar. Reading and parsing changed files stays off
         // this thread.
-        if !source.needs_rescan() {
+        let listing = source.list();
+        if source.is_current(&listing) {
             continue;
         }
         let (s, changed) = match tokio::task::spawn_blocking(move || {
-            let changed = source.rescan();
+            let changed = source.apply(listing);
             (source, changed)
         })
         .await
@@ -262,42 +280,43 @@ mod tests {
     /// a new, changed or removed file, or an unreadable directory, each asks for one.
     #[test]
     fn needs_rescan_sees_what_rescan_would() {
+        let needs_rescan = |src: &FileSource| !src.is_current(&src.list());
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("svc.yaml");
         std::fs::write(&file, SVC).expect("write");
         let mut src = FileSource::new(dir.path().into(), "app".into(), CompileOptions::default());
-        assert!(src.needs_rescan(), "nothing loaded yet");
+        assert!(needs_rescan(&src), "nothing loaded yet");
         assert!(src.rescan());
-        assert!(!src.needs_rescan(), "just rescanned");
+        assert!(!needs_rescan(&src), "just rescanned");
 
         // Ignored names do not count.
         std::fs::write(dir.path().join("notes.txt"), "ignored").expect("write");
         std::fs::write(dir.path().join(".hidden.yaml"), SVC).expect("write");
-        assert!(!src.needs_rescan());
+        assert!(!needs_rescan(&src));
 
         let other = dir.path().join("more.yaml");
         std::fs::write(&other, SVC.replace("name: a", "name: c")).expect("write");
-        assert!(src.needs_rescan(), "a new file");
+        assert!(needs_rescan(&src), "a new file");
         assert!(src.rescan());
-        assert!(!src.needs_rescan());
+        assert!(!needs_rescan(&src));
 
         std::fs::write(&file, SVC.replace("name: a", "name: longer")).expect("write");
-        assert!(src.needs_rescan(), "a changed file");
+        assert!(needs_rescan(&src), "a changed file");
         assert!(src.rescan());
-        assert!(!src.needs_rescan());
+        assert!(!needs_rescan(&src));
 
         std::fs::remove_file(&other).expect("rm");
-        assert!(src.needs_rescan(), "a removed file");
+        assert!(needs_rescan(&src), "a removed file");
         assert!(src.rescan());
-        assert!(!src.needs_rescan());
+        assert!(!needs_rescan(&src));
 
         // An unreadable directory asks every time; rescan keeps the state and says
         // whether the error changed.
         let path = dir.path().to_path_buf();
         drop(dir);
-        assert!(src.needs_rescan(), "directory gone");
+        assert!(needs_rescan(&src), "directory gone");
         assert!(src.rescan(), "the error is new");
-        assert!(src.needs_rescan());
+        assert!(needs_rescan(&src));
         assert!(!src.rescan(), "the same error again");
         assert!(!path.exists());
     }
