@@ -717,8 +717,9 @@ pub async fn run(o: Opts) -> Result<Value> {
     let sat_medians: Vec<f64> =
         sat.samples.iter().map(|s| report::median(&s.iter().map(|x| x.rps).collect::<Vec<_>>())).collect();
     let slowest = sat_medians.iter().copied().fold(f64::INFINITY, f64::min);
-    let high = (slowest * o.high_fraction / 100.0).floor() * 100.0;
-    eprintln!("== slowest saturation {slowest:.0} rps → high rate {high:.0} rps");
+    let planned_high = (slowest * o.high_fraction / 100.0).floor() * 100.0;
+    eprintln!("== slowest saturation {slowest:.0} rps → high rate {planned_high:.0} rps");
+    let (high, high_probes) = high_rate_the_generator_keeps(&env, &o, planned_high).await?;
 
     let mut points = vec![sat];
     let specs: Vec<(Workload, f64)> = vec![
@@ -762,5 +763,76 @@ pub async fn run(o: Opts) -> Result<Value> {
     if let Some(why) = tail_fifo_skipped {
         results["tail_fifo_skipped"] = json!(why);
     }
+    results["settings"]["high_rate_planned_rps"] = json!(planned_high);
+    results["high_rate_probes"] = json!(high_probes);
     Ok(results)
+}
+
+/// A probe kept to its schedule when it sent at least this share of the planned calls
+/// and its sends left no later than [`PACE_KEPT_LAG`] (p99).
+const PACE_KEPT_SHARE: f64 = 0.97;
+const PACE_KEPT_LAG: Duration = Duration::from_millis(1);
+const PACE_PROBE_DURATION: Duration = Duration::from_secs(2);
+const PACE_PROBES: usize = 5;
+
+/// After a probe of the direct path at `planned` rps: `None` if the generator kept
+/// pace, else the rate to try next: 80% of what it did send, or of `planned` if the
+/// sends were late rather than missing, in hundreds (100 at the least).
+fn high_rate_after_probe(planned: f64, sent_rps: f64, lag_p99: Duration) -> Option<f64> {
+    if sent_rps >= planned * PACE_KEPT_SHARE && lag_p99 <= PACE_KEPT_LAG {
+        return None;
+    }
+    let next = (sent_rps.min(planned) * 0.8 / 100.0).floor() * 100.0;
+    Some(next.max(100.0))
+}
+
+/// The high rate, lowered until the generator can send it open loop. A fraction of the
+/// slowest path's saturation can be more than one generator thread sends at a constant
+/// rate (2026-11-27: 19.4k planned, 17.3k sent): every path, the direct one too, then
+/// queues behind the generator and the point compares nothing. Probed on the direct
+/// path, which costs the generator what any path does. Returns the rate and the probes.
+async fn high_rate_the_generator_keeps(env: &Env, o: &Opts, planned: f64) -> Result<(f64, Vec<Value>)> {
+    let direct = &env.paths[0].target;
+    let w = Workload::unary("unary_100B", 100);
+    let mut rate = planned;
+    let mut probes = Vec::new();
+    for _ in 0..PACE_PROBES {
+        let r = load::run(direct, &w, Mode::Open { rate }, PACE_PROBE_DURATION, o.conns).await?;
+        let lag = Duration::from_nanos(r.send_lag.value_at_quantile(0.99));
+        let sent = r.throughput();
+        probes.push(json!({"rate_rps": rate, "sent_rps": sent, "send_lag_p99_us": lag.as_secs_f64() * 1e6}));
+        match high_rate_after_probe(rate, sent, lag) {
+            None => return Ok((rate, probes)),
+            Some(lower) => {
+                eprintln!(
+                    "== the generator sent {sent:.0} of {rate:.0} rps (send lag p99 {lag:?}): high rate {lower:.0} rps"
+                );
+                rate = lower;
+            }
+        }
+    }
+    Ok((rate, probes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_high_rate_the_generator_keeps_stands() {
+        assert_eq!(high_rate_after_probe(19_400.0, 19_390.0, Duration::from_micros(40)), None);
+    }
+
+    #[test]
+    fn a_high_rate_the_generator_cannot_send_is_lowered_below_what_it_sent() {
+        // Run 7: 19.4k planned, 17.3k sent.
+        assert_eq!(high_rate_after_probe(19_400.0, 17_280.0, Duration::from_millis(400)), Some(13_800.0));
+        // Every call sent, but late: the schedule was not kept either.
+        let lowered = high_rate_after_probe(10_000.0, 9_990.0, Duration::from_millis(5)).expect("lowered");
+        assert!(lowered < 10_000.0, "{lowered}");
+        // Late sends lower from the rate planned, not from a count that overshot it.
+        assert_eq!(high_rate_after_probe(20_000.0, 30_000.0, Duration::from_millis(2)), Some(16_000.0));
+        // Never below 100 rps.
+        assert_eq!(high_rate_after_probe(150.0, 10.0, Duration::from_secs(1)), Some(100.0));
+    }
 }

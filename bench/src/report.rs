@@ -300,7 +300,16 @@ pub fn markdown(r: &Value) -> String {
         Some(b) => out.push_str(&format!("; `strait-outbound-plain` runs `{b}` (the same one hop, the other build)\n")),
         None => out.push('\n'),
     }
-    out.push_str("- latency is measured from the *intended* send time of a constant-rate schedule (coordinated omission corrected), to the end of the response (trailers)\n\n");
+    out.push_str("- latency is measured from the *intended* send time of a constant-rate schedule (coordinated omission corrected), to the end of the response (trailers)\n");
+    if let (Some(planned), Some(high)) = (s["high_rate_planned_rps"].as_f64(), s["high_rate_rps"].as_f64())
+        && planned != high
+    {
+        out.push_str(&format!(
+            "- high rate: {high} rps, lowered from {planned} rps ({} of the slowest saturation), which the generator could not send open loop to the direct path (probes in results.json)\n",
+            s["high_rate_fraction_of_slowest_saturation"]
+        ));
+    }
+    out.push('\n');
 
     let points = r["points"].as_array().cloned().unwrap_or_default();
     let paths = r["paths"].as_array().cloned().unwrap_or_default();
