@@ -391,6 +391,14 @@ async fn sigterm_drains_in_flight_streams() -> Result<()> {
     .await?;
     let target = format!("{}:50051", mesh.cluster_ip(APP_NS, "streamer").await?);
     let (client, a) = (&pods[2], &pods[0]);
+    // Both replicas must serve the client's sidecar before the streams open: a replica
+    // whose endpoint the sidecar does not know yet gets no stream, and then nothing is
+    // left to drain (in one CI run all six landed on stream-b).
+    strait_e2e::wait_for("unary calls answered by both replicas", Duration::from_secs(30), || async {
+        let t = tally(&calls(client, &target, &["--call", "echo/Unary", "--count", "20"]).await?);
+        Ok((t.contains_key("stream-a") && t.contains_key("stream-b")).then_some(()))
+    })
+    .await?;
 
     // 6 server streams of 20 messages, 100 ms apart (~2 s each), from 6 client
     // processes (6 connections to the client's sidecar, balanced over both replicas).
