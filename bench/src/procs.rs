@@ -143,8 +143,8 @@ pub fn sched_policy(pid: u32) -> Option<u32> {
     stat_field(&read_stat(pid)?, 41)?.parse().ok()
 }
 
-/// Field `n` (numbered as in proc(5); `n` ≥ 3) of a `/proc/<pid>/stat` line. The comm (field 2) may hold spaces and parentheses, so fields are
-/// counted from the last `)`.
+/// Field `n` (numbered as in proc(5); `n` ≥ 3) of a `/proc/<pid>/stat` line. The comm
+/// (field 2) may hold spaces and parentheses, so fields are counted from the last `)`.
 fn stat_field(stat: &str, n: usize) -> Option<&str> {
     stat.get(stat.rfind(')')? + 2..)?.split_whitespace().nth(n.checked_sub(3)?)
 }
