@@ -17,56 +17,10 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-const PREFACE_LEN: usize = 24;
-const FRAME_HEADER_LEN: usize = 9;
-const TYPE_DATA: u8 = 0x0;
-const TYPE_HEADERS: u8 = 0x1;
-const TYPE_SETTINGS: u8 = 0x4;
-const TYPE_PING: u8 = 0x6;
+use crate::frames::{FRAME_HEADER_LEN, FrameCursor, TYPE_DATA, TYPE_HEADERS, TYPE_PING, TYPE_SETTINGS};
+
 const FLAG_ACK: u8 = 0x1;
 const ENHANCE_YOUR_CALM: u32 = 0xb;
-
-/// Where a byte stream is in the HTTP/2 framing.
-#[derive(Debug, Default)]
-struct FrameCursor {
-    /// Bytes of the client preface still to skip (inbound only).
-    preface_left: usize,
-    header: [u8; FRAME_HEADER_LEN],
-    header_len: usize,
-    payload_left: usize,
-}
-
-impl FrameCursor {
-    /// Feeds bytes; calls `on_header` for each complete frame header.
-    fn feed(&mut self, mut bytes: &[u8], mut on_header: impl FnMut(&[u8; FRAME_HEADER_LEN])) {
-        while !bytes.is_empty() {
-            if self.preface_left > 0 {
-                let n = self.preface_left.min(bytes.len());
-                self.preface_left -= n;
-                bytes = &bytes[n..];
-            } else if self.payload_left > 0 {
-                let n = self.payload_left.min(bytes.len());
-                self.payload_left -= n;
-                bytes = &bytes[n..];
-            } else {
-                let n = (FRAME_HEADER_LEN - self.header_len).min(bytes.len());
-                self.header[self.header_len..self.header_len + n].copy_from_slice(&bytes[..n]);
-                self.header_len += n;
-                bytes = &bytes[n..];
-                if self.header_len == FRAME_HEADER_LEN {
-                    self.header_len = 0;
-                    let h = self.header;
-                    self.payload_left = (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
-                    on_header(&h);
-                }
-            }
-        }
-    }
-
-    fn at_frame_boundary(&self) -> bool {
-        self.preface_left == 0 && self.header_len == 0 && self.payload_left == 0
-    }
-}
 
 /// Counts one kind of frame per one-second window. The window opens at the first frame
 /// counted, so a reset (on every HEADERS or DATA the proxy sends) costs no clock read.
@@ -115,7 +69,7 @@ impl<T> FloodGuard<T> {
         FloodGuard {
             inner,
             limit_per_second,
-            inbound: FrameCursor { preface_left: PREFACE_LEN, ..FrameCursor::default() },
+            inbound: FrameCursor::after_preface(),
             outbound: FrameCursor::default(),
             pings: RateWindow::default(),
             settings: RateWindow::default(),
@@ -266,30 +220,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for FloodGuard<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frames::{PREFACE_LEN, frame};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let len = payload.len() as u32;
-        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-        f.extend_from_slice(&stream.to_be_bytes());
-        f.extend_from_slice(payload);
-        f
-    }
-
-    #[test]
-    fn cursor_finds_headers_across_split_reads() {
-        let mut c = FrameCursor { preface_left: PREFACE_LEN, ..FrameCursor::default() };
-        let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-        bytes.extend(frame(TYPE_SETTINGS, 0, 0, &[0; 6]));
-        bytes.extend(frame(TYPE_HEADERS, 0x4, 5, &[1, 2, 3]));
-        bytes.extend(frame(TYPE_PING, 0, 0, &[0; 8]));
-        let mut seen = Vec::new();
-        for chunk in bytes.chunks(5) {
-            c.feed(chunk, |h| seen.push((h[3], h[8])));
-        }
-        assert_eq!(seen, vec![(TYPE_SETTINGS, 0), (TYPE_HEADERS, 5), (TYPE_PING, 0)]);
-        assert!(c.at_frame_boundary());
-    }
 
     #[test]
     fn rate_window_counts_to_its_limit_and_a_reset_starts_it_again() {

@@ -20,9 +20,17 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::read_turns::ReadTurns;
+use strait_routing::EndpointSet;
+
 /// The receive window of a whole upstream connection: the protocol maximum.
 const UPSTREAM_CONNECTION_WINDOW: u32 = MAX_H2_WINDOW;
-use strait_routing::EndpointSet;
+/// Responses an upstream connection hands to `h2` before the streams they complete,
+/// and the client connections those write to, run (see `read_turns`). With 64 calls
+/// in flight on one connection, 8 and 16 measured the same (+20% closed-loop calls/s
+/// over reading whole bursts), 4 a little less, 32 less again; 16 yields half as often
+/// as 8.
+const UPSTREAM_ENDS_PER_TURN: usize = 16;
 
 /// Horizon of the latency estimate.
 const EWMA_DECAY: Duration = Duration::from_secs(1);
@@ -303,7 +311,7 @@ impl Pool {
             .max_pending_accept_reset_streams(h2.max_pending_accept_reset_streams)
             .max_local_error_reset_streams(Some(h2.max_local_error_reset_streams))
             .enable_push(false)
-            .handshake::<_, Bytes>(tcp)
+            .handshake::<_, Bytes>(ReadTurns::new(tcp, UPSTREAM_ENDS_PER_TURN))
             .await
             .map_err(|source| ConnectError::Handshake { addr, source })?;
         // PINGs only while requests are in flight: an idle pooled connection costs

@@ -177,6 +177,39 @@ mod tests {
         assert_eq!(collected.to_bytes().as_ref(), payload.as_slice());
     }
 
+    #[tokio::test]
+    async fn a_burst_of_calls_completes_through_read_turns() {
+        // The pool's upstream socket: reads in turns of a few stream ends, yielding
+        // between them. Every call of a burst must still complete, whole.
+        let (a, b) = tokio::io::duplex(1 << 20);
+        tokio::spawn(echo_server(b, 65_535));
+        let (sender, conn) =
+            h2::client::handshake(crate::read_turns::ReadTurns::new(a, 4)).await.expect("client handshake");
+        let keep_alive =
+            KeepAliveSettings { interval: Duration::from_secs(60), timeout: Duration::from_secs(5), in_use: || false };
+        let conn = spawn_connection(conn, sender, keep_alive, "127.0.0.1:1".parse().expect("addr"));
+        let calls = (0..64u8).map(|k| {
+            let sender = conn.sender.clone();
+            tokio::spawn(async move {
+                let payload = Bytes::from(vec![k; 100 + usize::from(k)]);
+                let resp =
+                    send_request(sender, request(crate::body::boxed(http_body_util::Full::new(payload.clone()))))
+                        .await
+                        .expect("response");
+                let collected = resp.into_body().collect().await.expect("body");
+                assert_eq!(
+                    collected.trailers().and_then(|t| t.get("grpc-status")).map(|v| v.as_bytes()),
+                    Some(&b"0"[..])
+                );
+                assert_eq!(collected.to_bytes(), payload, "call {k}");
+            })
+        });
+        let all = futures::future::join_all(calls);
+        for done in tokio::time::timeout(Duration::from_secs(10), all).await.expect("every call completes") {
+            done.expect("call");
+        }
+    }
+
     /// Records what each write to the connection carried.
     struct WriteLog<T> {
         inner: T,
