@@ -145,13 +145,21 @@ mod tests {
         }
     }
 
-    async fn client(window: u32) -> UpstreamConnection {
-        let (a, b) = tokio::io::duplex(1 << 20);
-        tokio::spawn(echo_server(b, window));
-        let (sender, conn) = h2::client::handshake(a).await.expect("client handshake");
+    /// An upstream connection over `io`, as the pool spawns one (PINGs never due).
+    async fn connect_over<T>(io: T) -> UpstreamConnection
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = h2::client::handshake(io).await.expect("client handshake");
         let keep_alive =
             KeepAliveSettings { interval: Duration::from_secs(60), timeout: Duration::from_secs(5), in_use: || false };
         spawn_connection(conn, sender, keep_alive, "127.0.0.1:1".parse().expect("addr"))
+    }
+
+    async fn client(window: u32) -> UpstreamConnection {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        tokio::spawn(echo_server(b, window));
+        connect_over(a).await
     }
 
     fn request(body: ProxyBody) -> Request<ProxyBody> {
@@ -183,11 +191,7 @@ mod tests {
         // between them. Every call of a burst must still complete, whole.
         let (a, b) = tokio::io::duplex(1 << 20);
         tokio::spawn(echo_server(b, 65_535));
-        let (sender, conn) =
-            h2::client::handshake(crate::read_turns::ReadTurns::new(a, 4)).await.expect("client handshake");
-        let keep_alive =
-            KeepAliveSettings { interval: Duration::from_secs(60), timeout: Duration::from_secs(5), in_use: || false };
-        let conn = spawn_connection(conn, sender, keep_alive, "127.0.0.1:1".parse().expect("addr"));
+        let conn = connect_over(crate::read_turns::ReadTurns::new(a, 4)).await;
         let calls = (0..64u8).map(|k| {
             let sender = conn.sender.clone();
             tokio::spawn(async move {
@@ -275,10 +279,7 @@ mod tests {
         tokio::spawn(echo_server(b, 65_535));
         let writes = Arc::new(std::sync::Mutex::new(Vec::new()));
         let io = WriteLog { inner: a, writes: writes.clone() };
-        let (sender, conn) = h2::client::handshake(io).await.expect("client handshake");
-        let keep_alive =
-            KeepAliveSettings { interval: Duration::from_secs(60), timeout: Duration::from_secs(5), in_use: || false };
-        let upstream = spawn_connection(conn, sender, keep_alive, "127.0.0.1:1".parse().expect("addr"));
+        let upstream = connect_over(io).await;
         let body = crate::body::boxed(http_body_util::Full::new(Bytes::from_static(b"\0\0\0\0\x05hello")));
         let resp = send_request(upstream.sender.clone(), request(body)).await.expect("response");
         resp.into_body().collect().await.expect("body");
@@ -311,10 +312,7 @@ mod tests {
             let conn = h2::server::handshake(b).await.expect("server handshake");
             drop(conn);
         });
-        let (sender, conn) = h2::client::handshake(a).await.expect("client handshake");
-        let keep_alive =
-            KeepAliveSettings { interval: Duration::from_secs(60), timeout: Duration::from_secs(5), in_use: || false };
-        let upstream = spawn_connection(conn, sender, keep_alive, "127.0.0.1:1".parse().expect("addr"));
+        let upstream = connect_over(a).await;
         server.await.expect("server task");
         for _ in 0..100 {
             if upstream.is_closed() {
