@@ -533,7 +533,7 @@ async fn h2load_check(env: &mut Env, o: &Opts) -> Result<Value> {
         Ok(p) => p,
         Err(e) => return Ok(json!({"skipped": e.to_string()})),
     };
-    let w = Workload::unary("unary_100B", 100);
+    let w = Workload::unary_100b();
     let body = o.out_dir.join("run/h2load-body.bin");
     std::fs::write(&body, &w.frame)?;
     let target = &env.paths[0].target;
@@ -677,7 +677,7 @@ pub async fn run(o: Opts) -> Result<Value> {
         o.server_cpus
     );
     // Warm-up: connections, pools, caches; any failing path aborts the benchmark.
-    let warm = Workload::unary("unary_100B", 100);
+    let warm = Workload::unary_100b();
     for i in 0..env.paths.len() {
         let r = load::run(
             &env.paths[i].target,
@@ -709,7 +709,7 @@ pub async fn run(o: Opts) -> Result<Value> {
         &mut env,
         &o,
         format!("saturation_c{}", o.concurrency),
-        Workload::unary("unary_100B", 100),
+        Workload::unary_100b(),
         Mode::Closed { concurrency: o.concurrency },
         o.sat_duration,
     )
@@ -723,8 +723,8 @@ pub async fn run(o: Opts) -> Result<Value> {
 
     let mut points = vec![sat];
     let specs: Vec<(Workload, f64)> = vec![
-        (Workload::unary("unary_100B", 100), o.low_rate),
-        (Workload::unary("unary_100B", 100), high),
+        (Workload::unary_100b(), o.low_rate),
+        (Workload::unary_100b(), high),
         (Workload::unary("unary_16KiB", 16 * 1024), o.low_rate),
         (Workload::stream("stream_10x100B", 100, 10), o.low_rate),
     ];
@@ -793,7 +793,7 @@ fn high_rate_after_probe(planned: f64, sent_rps: f64, lag_p99: Duration) -> Opti
 /// path, which costs the generator what any path does. Returns the rate and the probes.
 async fn high_rate_the_generator_keeps(env: &Env, o: &Opts, planned: f64) -> Result<(f64, Vec<Value>)> {
     let direct = &env.paths[0].target;
-    let w = Workload::unary("unary_100B", 100);
+    let w = Workload::unary_100b();
     let mut rate = planned;
     let mut probes = Vec::new();
     for _ in 0..PACE_PROBES {

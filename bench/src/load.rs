@@ -46,6 +46,12 @@ impl Workload {
         Workload { name, path: UNARY_PATH, frame: grpc_frame(&probe), messages: 1 }
     }
 
+    /// The benchmark's headline call: unary, ~100 B each way (saturation, the high rate,
+    /// warm-ups and probes use it too).
+    pub fn unary_100b() -> Self {
+        Workload::unary("unary_100B", 100)
+    }
+
     /// ServerStream Echo: `count` answers of `payload_len` bytes each.
     pub fn stream(name: &'static str, payload_len: usize, count: u32) -> Self {
         let probe = Probe { payload: "x".repeat(payload_len), stream_count: count, ..Probe::default() };
@@ -54,11 +60,7 @@ impl Workload {
 
     /// The benchmark's three calls, in the order its report lists them.
     pub fn all() -> [Workload; 3] {
-        [
-            Workload::unary("unary_100B", 100),
-            Workload::unary("unary_16KiB", 16 * 1024),
-            Workload::stream("stream_10x100B", 100, 10),
-        ]
+        [Workload::unary_100b(), Workload::unary("unary_16KiB", 16 * 1024), Workload::stream("stream_10x100B", 100, 10)]
     }
 
     /// One of [`Workload::all`] by name.
@@ -567,7 +569,7 @@ mod tests {
     #[tokio::test]
     async fn interleaved_run_gives_each_target_its_share_of_one_schedule() {
         let targets = vec![backend().await, backend().await, backend().await];
-        let w = Workload::unary("unary_100B", 100);
+        let w = Workload::unary_100b();
         let (rate, per_target) = (400.0, Duration::from_millis(500));
         let t0 = Instant::now();
         let results =
@@ -588,7 +590,7 @@ mod tests {
     #[tokio::test]
     async fn call_by_call_run_gives_every_target_the_rate_and_aligned_cycles() {
         let targets = vec![backend().await, backend().await, backend().await];
-        let w = Workload::unary("unary_100B", 100);
+        let w = Workload::unary_100b();
         let t0 = Instant::now();
         let results = run_open_by_call(&targets, &w, 100.0, Duration::from_millis(600), 1, 7).await.expect("run");
         let wall = t0.elapsed();
@@ -608,7 +610,7 @@ mod tests {
     #[tokio::test]
     async fn call_by_call_run_leaves_failed_cycles_empty() {
         let live = backend().await;
-        let w = Workload::unary("unary_100B", 100);
+        let w = Workload::unary_100b();
         // A target that answers HTTP/2 but not the Echo service: every call fails.
         let wrong = Workload { path: "/strait.test.v1.Echo/Missing", ..w.clone() };
         let r = run_open_by_call(std::slice::from_ref(&live), &wrong, 50.0, Duration::from_millis(200), 1, 1)
@@ -621,7 +623,7 @@ mod tests {
     #[tokio::test]
     async fn closed_loop_turns_give_each_target_its_own_time() {
         let targets = vec![backend().await, backend().await];
-        let w = Workload::unary("unary_100B", 100);
+        let w = Workload::unary_100b();
         let (per_target, slice) = (Duration::from_millis(400), Duration::from_millis(100));
         let t0 = Instant::now();
         let results = run_closed_turns(&targets, &w, 4, per_target, slice, 1).await.expect("closed turns");
@@ -640,7 +642,7 @@ mod tests {
     #[tokio::test]
     async fn one_target_open_loop_records_every_call() {
         let target = backend().await;
-        let w = Workload::unary("unary_100B", 100);
+        let w = Workload::unary_100b();
         let d = Duration::from_millis(500);
         let results = run_open(std::slice::from_ref(&target), &w, 200.0, d, d, 1).await.expect("run");
         let r = &results[0];
@@ -651,7 +653,7 @@ mod tests {
     #[tokio::test]
     async fn open_loop_rejects_a_rate_that_is_not_positive() {
         let target = Target { addr: "127.0.0.1:9".parse().expect("addr"), authority: "x".into() };
-        let w = Workload::unary("unary_100B", 100);
+        let w = Workload::unary_100b();
         for rate in [0.0, -1.0, f64::NAN] {
             let err =
                 run_open(std::slice::from_ref(&target), &w, rate, Duration::from_secs(1), Duration::from_secs(1), 1)

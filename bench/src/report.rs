@@ -751,13 +751,8 @@ mod tests {
     fn tail_point_differences_are_paired_by_cycle_and_judged_by_their_interval() {
         use crate::load::Workload;
         let names = ["direct", "haproxy", "haproxy-b", "strait-outbound"];
-        let mut pt = Point::new(
-            "t".into(),
-            Workload::unary("unary_100B", 100),
-            Mode::OpenByCall { rate: 100.0 },
-            Duration::from_secs(1),
-            4,
-        );
+        let mut pt =
+            Point::new("t".into(), Workload::unary_100b(), Mode::OpenByCall { rate: 100.0 }, Duration::from_secs(1), 4);
         let mut rng = fastrand::Rng::with_seed(11);
         let cycles = 3000;
         // One noisy machine: a per-cycle stall that every path's call of that cycle met.

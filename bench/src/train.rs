@@ -67,7 +67,7 @@ pub async fn run(o: &Opts) -> Result<Summary> {
         let runs = Workload::all()
             .into_iter()
             .map(|w| (w, Mode::Open { rate: LOW_RATE }))
-            .chain(std::iter::once((Workload::unary("unary_100B", 100), Mode::Closed { concurrency: IN_FLIGHT })));
+            .chain(std::iter::once((Workload::unary_100b(), Mode::Closed { concurrency: IN_FLIGHT })));
         for (w, mode) in runs {
             let r = load::run(&target, &w, mode, o.per_workload, 1).await?;
             eprintln!("pgo-train: {path} {} {mode:?}: {} calls, {} errors", w.name, r.ok, r.errors);
