@@ -8,7 +8,7 @@ CARGO ?= cargo
 STRAIT_CACHE ?= $(HOME)/.cache/strait
 TOOLS_BIN := $(STRAIT_CACHE)/bin
 
-.PHONY: demo test build unit e2e lint fmt tools clean fuzz
+.PHONY: demo test deps build unit e2e lint fmt tools clean fuzz
 
 demo:
 	$(CARGO) build -p strait-proxy -p strait-demo
@@ -17,14 +17,20 @@ demo:
 build:
 	$(CARGO) build --workspace --bins
 
+# What the tests need from the system (iptables, iproute2, ...): installed here so
+# `make test` works on a fresh machine with nothing run before it. Quiet and quick
+# when everything is present.
+deps:
+	./scripts/install-deps.sh
+
 # Binaries first: end-to-end tests run the real strait-proxy.
-test: build
+test: deps build
 	$(CARGO) test --workspace --no-fail-fast
 
 unit:
 	$(CARGO) test --workspace --lib
 
-e2e: build
+e2e: deps build
 	$(CARGO) test -p strait-e2e
 
 # Coverage-guided fuzzing of the parsers and the routing model (nightly + ASan).

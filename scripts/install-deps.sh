@@ -6,7 +6,7 @@ need=()
 command -v cargo >/dev/null || { echo "cargo is required (rustup)"; exit 1; }
 # iptables: strait-init's end-to-end tests apply real rules in network namespaces.
 # iproute2: those namespaces. util-linux: setpriv (run the proxy as its UID).
-for pair in curl:curl iptables-nft-restore:iptables iptables-legacy-restore:iptables ip:iproute2 setpriv:util-linux flock:util-linux; do
+for pair in curl:curl jq:jq iptables-nft-restore:iptables iptables-legacy-restore:iptables ip:iproute2 setpriv:util-linux flock:util-linux; do
   tool="${pair%%:*}"; pkg="${pair##*:}"
   command -v "$tool" >/dev/null || PATH="$PATH:/usr/sbin:/sbin" command -v "$tool" >/dev/null || need+=("$pkg")
 done
