@@ -364,12 +364,7 @@ mod tests {
         let now = time("2026-01-01T00:00:00Z");
         let lenient = plan_sync(&snapshot, &[&route], &CompileOptions::default(), &now);
         assert_eq!(conditions(ours(&lenient.writes[0].patch)[0])[1].1, "True", "{:?}", lenient.writes[0].patch);
-        let strict = plan_sync(
-            &snapshot,
-            &[&route],
-            &CompileOptions { require_reference_grants: true, ..CompileOptions::default() },
-            &now,
-        );
+        let strict = plan_sync(&snapshot, &[&route], &CompileOptions { require_reference_grants: true }, &now);
         assert_eq!(
             conditions(ours(&strict.writes[0].patch)[0])[1],
             ("ResolvedRefs".into(), "False".into(), "RefNotPermitted".into())
