@@ -39,7 +39,11 @@ fn main() -> anyhow::Result<()> {
     }
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
         .map_err(|e| anyhow::anyhow!("--log-level {:?}: {e}", args.log_level))?;
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(strait_log::stderr_colour())
+        .with_writer(std::io::stderr)
+        .init();
     let identity = match args.identity.clone() {
         Some(i) if !i.is_empty() => i,
         _ => std::fs::read_to_string("/etc/hostname")

@@ -54,16 +54,23 @@ pub fn inject_manifests(
             });
             let pod: Pod =
                 serde_json::from_value(pod_value.clone()).map_err(|e| err(format!("invalid pod template: {e}")))?;
-            match strait_inject::mutate(&pod, &namespace, cfg).map_err(|e| err(e.to_string()))? {
-                Decision::Skip { reason } => warnings.push(format!("{kind}/{name}: not injected: {reason}")),
+            let patch = match strait_inject::mutate(&pod, &namespace, cfg).map_err(|e| err(e.to_string()))? {
+                Decision::Skip { reason, record } => {
+                    warnings.push(format!("{kind}/{name}: not injected: {reason}"));
+                    // Recorded skips (Windows pods) get the status annotation the webhook
+                    // would have added, so the output matches what the cluster stores.
+                    record
+                }
                 Decision::Inject(injection) => {
-                    json_patch::patch(&mut pod_value, &injection.patch)
-                        .map_err(|e| err(format!("patch failed: {e}")))?;
                     warnings.extend(injection.warnings.iter().map(|w| format!("{kind}/{name}: {w}")));
-                    if let Some(t) = template.as_object_mut() {
-                        t.insert("metadata".into(), pod_value.get("metadata").cloned().unwrap_or_default());
-                        t.insert("spec".into(), pod_value.get("spec").cloned().unwrap_or_default());
-                    }
+                    Some(injection.patch)
+                }
+            };
+            if let Some(patch) = patch {
+                json_patch::patch(&mut pod_value, &patch).map_err(|e| err(format!("patch failed: {e}")))?;
+                if let Some(t) = template.as_object_mut() {
+                    t.insert("metadata".into(), pod_value.get("metadata").cloned().unwrap_or_default());
+                    t.insert("spec".into(), pod_value.get("spec").cloned().unwrap_or_default());
                 }
             }
         }

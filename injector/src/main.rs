@@ -48,7 +48,15 @@ struct Injection {
 }
 
 impl Injection {
-    fn config(&self) -> InjectConfig {
+    /// The injection settings, validated: a bad value would otherwise surface only when
+    /// a pod is mutated, for every pod (denied by the webhook), instead of once at start.
+    fn config(&self) -> anyhow::Result<InjectConfig> {
+        let cfg = self.unvalidated_config();
+        cfg.validate().context("refusing to start")?;
+        Ok(cfg)
+    }
+
+    fn unvalidated_config(&self) -> InjectConfig {
         let mut cfg = InjectConfig { system_namespace: self.system_namespace.clone(), ..InjectConfig::default() };
         if let Some(i) = &self.proxy_image {
             cfg.proxy_image = i.clone();
@@ -103,7 +111,11 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
         .map_err(|e| anyhow::anyhow!("--log-level {:?}: {e}", cli.log_level))?;
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(strait_log::stderr_colour())
+        .with_writer(std::io::stderr)
+        .init();
     match cli.command {
         Command::Inject(args) => inject(args),
         Command::Serve(args) => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(args)),
@@ -111,13 +123,14 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn inject(args: InjectArgs) -> anyhow::Result<()> {
+    let cfg = args.injection.config()?;
     let mut input = String::new();
     if args.file == "-" {
         std::io::stdin().read_to_string(&mut input).context("reading standard input")?;
     } else {
         input = std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file))?;
     }
-    let (output, warnings) = cli::inject_manifests(&input, &args.namespace, &args.injection.config())?;
+    let (output, warnings) = cli::inject_manifests(&input, &args.namespace, &cfg)?;
     for w in warnings {
         eprintln!("warning: {w}");
     }
@@ -126,7 +139,9 @@ fn inject(args: InjectArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let cfg = args.injection.config();
+    // Before touching the cluster or binding the port: an injector that cannot inject
+    // must not start serving (it would deny every pod it is asked about).
+    let cfg = args.injection.config()?;
     if args.bootstrap_certs {
         let client = kube::Client::try_default().await.context("--bootstrap-certs needs Kubernetes access")?;
         let names = bootstrap::service_dns_names(&args.service_name, &args.injection.system_namespace);

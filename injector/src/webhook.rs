@@ -58,19 +58,35 @@ pub fn parse_review(body: &[u8]) -> Result<(AdmissionRequest<DynamicObject>, Pod
     Ok((request, pod))
 }
 
-/// The response for a decoded review. Never denies: a pod Strait does not touch is
-/// allowed unchanged, and an internal failure to build the patch allows the pod
-/// without injection and says so in a warning rather than blocking workloads.
+/// The response for a decoded review. A pod Strait does not touch is allowed
+/// unchanged. A failure to build or encode the patch **denies** the pod with the
+/// reason: the webhooks' `failurePolicy: Fail` promises that a pod the mesh selected
+/// is never created unmeshed, and allowing it here would break that promise silently.
 pub fn respond(webhook: &Webhook, request: &AdmissionRequest<DynamicObject>, pod: &Pod) -> AdmissionResponse {
     let namespace =
         request.namespace.clone().or_else(|| pod.metadata.namespace.clone()).unwrap_or_else(|| "default".into());
     let name = pod.metadata.name.clone().or_else(|| pod.metadata.generate_name.clone()).unwrap_or_default();
     let response = AdmissionResponse::from(request);
+    let deny = |error: String| {
+        tracing::error!(%namespace, pod = %name, %error, "injection failed; pod denied");
+        let mut r = AdmissionResponse::from(request)
+            .deny(format!("strait: the pod cannot be meshed, so it is not admitted: {error}"));
+        r.result.code = 500;
+        r.result.reason = "InternalError".into();
+        r
+    };
     match strait_inject::mutate(pod, &namespace, &webhook.config) {
-        Ok(Decision::Skip { reason }) => {
+        Ok(Decision::Skip { reason, record: None }) => {
             tracing::debug!(%namespace, pod = %name, %reason, "not injected");
             response
         }
+        Ok(Decision::Skip { reason, record: Some(patch) }) => match response.with_patch(patch) {
+            Ok(r) => {
+                tracing::info!(%namespace, pod = %name, %reason, "not injected; reason recorded on the pod");
+                r
+            }
+            Err(e) => deny(format!("encoding the patch: {e}")),
+        },
         Ok(Decision::Inject(injection)) => {
             let warnings = injection.warnings.clone();
             match response.with_patch(injection.patch) {
@@ -81,19 +97,10 @@ pub fn respond(webhook: &Webhook, request: &AdmissionRequest<DynamicObject>, pod
                     }
                     r
                 }
-                Err(e) => {
-                    let mut r = AdmissionResponse::from(request);
-                    r.warnings = Some(vec![format!("strait: not injected: {e}")]);
-                    r
-                }
+                Err(e) => deny(format!("encoding the patch: {e}")),
             }
         }
-        Err(e) => {
-            tracing::error!(%namespace, pod = %name, error = %e, "injection failed");
-            let mut r = response;
-            r.warnings = Some(vec![format!("strait: not injected: {e}")]);
-            r
-        }
+        Err(e) => deny(e.to_string()),
     }
 }
 
@@ -201,6 +208,40 @@ mod tests {
             serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(b64).expect("base64"))
                 .expect("json");
         assert!(patch.as_array().is_some_and(|ops| !ops.is_empty()));
+    }
+
+    /// `failurePolicy: Fail` promises a meshed pod is never created unmeshed, so a
+    /// mutation that fails inside the webhook must deny the pod, saying why.
+    #[test]
+    fn mutation_error_denies_the_pod_with_the_reason() {
+        let body = review(
+            serde_json::json!({"group": "", "version": "v1", "kind": "Pod"}),
+            serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "x"}]}}),
+        );
+        let (req, pod) = parse_review(&body).expect("parses");
+        // A configuration `main` would refuse; here it makes `mutate` fail for every pod.
+        let config = InjectConfig { proxy_image: "not an image!".into(), ..InjectConfig::default() };
+        let out = review_json(respond(&Webhook { config }, &req, &pod));
+        assert_eq!(out["response"]["uid"], "u-1", "{out:#}");
+        assert_eq!(out["response"]["allowed"], false, "a pod the mesh cannot inject must not be admitted: {out:#}");
+        assert!(out["response"].get("patch").is_none_or(serde_json::Value::is_null), "{out:#}");
+        let message = out["response"]["status"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("strait") && message.contains("proxy image"), "message says why: {out:#}");
+        assert_eq!(out["response"]["status"]["code"], 500, "{out:#}");
+    }
+
+    /// A pod the mutation decides to skip is still admitted, unchanged.
+    #[test]
+    fn skipped_pods_are_allowed_without_a_patch() {
+        let body = review(
+            serde_json::json!({"group": "", "version": "v1", "kind": "Pod"}),
+            serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "labels": {"strait.io/inject": "disabled"}},
+                               "spec": {"containers": [{"name": "a", "image": "x"}]}}),
+        );
+        let (req, pod) = parse_review(&body).expect("parses");
+        let out = review_json(respond(&Webhook { config: InjectConfig::default() }, &req, &pod));
+        assert_eq!(out["response"]["allowed"], true, "{out:#}");
+        assert!(out["response"].get("patch").is_none_or(serde_json::Value::is_null), "{out:#}");
     }
 
     #[test]

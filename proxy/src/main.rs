@@ -22,7 +22,10 @@ fn main() -> anyhow::Result<()> {
     args.validate()?;
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
         .map_err(|e| anyhow::anyhow!("--log-level {:?}: {e}", args.log_level))?;
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(strait_log::stderr_colour())
+        .with_writer(std::io::stderr);
     if args.log_format == "json" {
         fmt.json().init();
     } else {

@@ -416,3 +416,47 @@ fn client_config(ca_pem: Option<&str>) -> Result<rustls::ClientConfig> {
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(cfg)
 }
+
+/// Writes a self-signed serving pair for `127.0.0.1` into `dir` (`tls.crt`, `tls.key`)
+/// and returns the two paths: enough for `strait-injector serve` without a cluster.
+pub fn self_signed_pair(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).context("generating a pair")?;
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&cert, certified.cert.pem()).context("writing tls.crt")?;
+    std::fs::write(&key, certified.signing_key.serialize_pem()).context("writing tls.key")?;
+    Ok((cert, key))
+}
+
+/// `strait-injector serve` on `listen` with the given serving pair, extra arguments,
+/// no cluster access, stdout discarded and stderr piped (not a terminal); no
+/// `STRAIT_*`/`NO_COLOR` setting leaks in from the caller's environment.
+pub fn injector_serve_command(
+    listen: SocketAddr,
+    cert: &Path,
+    key: &Path,
+    extra: &[&str],
+) -> Result<std::process::Command> {
+    let mut cmd = std::process::Command::new(injector_bin()?);
+    cmd.arg("serve")
+        .args(["--listen", &listen.to_string()])
+        .arg("--cert-file")
+        .arg(cert)
+        .arg("--key-file")
+        .arg(key)
+        .args(extra)
+        .env("RUST_LIB_BACKTRACE", "0")
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("NO_COLOR")
+        .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .env_remove("STRAIT_LOG_LEVEL")
+        .env_remove("STRAIT_PROXY_IMAGE")
+        .env_remove("STRAIT_INIT_IMAGE")
+        .env_remove("STRAIT_NATIVE_SIDECARS")
+        .env_remove("STRAIT_BOOTSTRAP_CERTS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    Ok(cmd)
+}

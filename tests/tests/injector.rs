@@ -7,13 +7,14 @@
 //! No controller-manager, scheduler or kubelet runs: pods are stored, never started,
 //! and the injector Deployment creates no pods, which is all these tests need.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use strait_e2e::injector::{
-    INJECTOR_USER, InjectorProcess, SYSTEM_NS, TLS_SECRET, WEBHOOK_CONFIG, apply_deploy, injector_bin, kubectl,
-    kubectl_as, kubectl_json, kubectl_ok, kustomize, namespace, start_env,
+    INJECTOR_USER, InjectorProcess, SYSTEM_NS, TLS_SECRET, WEBHOOK_CONFIG, apply_deploy, injector_bin,
+    injector_serve_command, kubectl, kubectl_as, kubectl_json, kubectl_ok, kustomize, namespace, self_signed_pair,
+    start_env,
 };
 use strait_testenv::TestEnv;
 
@@ -68,6 +69,17 @@ fn assert_not_injected(pod: &Value, what: &str) {
         names(&pod["spec"]["initContainers"]).into_iter().chain(names(&pod["spec"]["containers"])).collect();
     assert_eq!(all, ["app"], "{what}: expected only the app container in {pod:#}");
     assert!(status_of(pod).is_none(), "{what}: unexpected {STATUS} annotation");
+}
+
+/// Not injected, and the status annotation records why (`skipped`, naming `want`).
+fn assert_skipped_recorded(pod: &Value, what: &str, want: &str) {
+    let all: Vec<&str> =
+        names(&pod["spec"]["initContainers"]).into_iter().chain(names(&pod["spec"]["containers"])).collect();
+    assert_eq!(all, ["app"], "{what}: expected only the app container in {pod:#}");
+    let status = status_of(pod).unwrap_or_else(|| panic!("{what}: no {STATUS} annotation on {pod:#}"));
+    let skipped = status["skipped"].as_str().unwrap_or_default();
+    assert!(skipped.contains(want), "{what}: status {status} should record a skip naming {want:?}");
+    assert!(status.get("mode").is_none(), "{what}: status {status}");
 }
 
 fn webhooks(mwc: &Value) -> &Vec<Value> {
@@ -212,13 +224,96 @@ async fn kustomize_overlays_change_only_what_they_promise() -> Result<()> {
     // and the injector's own write permissions gone.
     let cm = kustomize("overlays/cert-manager")?;
     let cm_mwc = find(&cm, "MutatingWebhookConfiguration", WEBHOOK_CONFIG);
-    assert_eq!(cm_mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"], "strait-system/strait-injector");
+    assert_eq!(cm_mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"], "strait-system/strait-injector-ca");
     let dep = find(&cm, "Deployment", "strait-injector");
     assert_eq!(dep["spec"]["template"]["spec"]["containers"][0]["args"], json!(["serve"]));
     assert_eq!(dep["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"], TLS_SECRET);
     assert_eq!(find(&cm, "ClusterRole", "strait-injector")["rules"], json!([]));
     let cert = find(&cm, "Certificate", "strait-injector");
     assert_eq!(cert["spec"]["secretName"], TLS_SECRET);
+    Ok(())
+}
+
+/// The cert-manager overlay issues the serving certificate from a CA of its own, and
+/// the webhook trusts that CA. With a self-signed serving certificate the caBundle is
+/// the serving certificate itself: each renewal (new key) changes the bundle at once
+/// while the kubelet updates the mounted Secret up to a minute later, and pod creation
+/// fails in between. A CA bundle outlives every serving renewal.
+#[tokio::test]
+async fn cert_manager_overlay_issues_the_serving_certificate_from_a_ca() -> Result<()> {
+    let cm = kustomize("overlays/cert-manager")?;
+    let cert_manager: Vec<&Value> =
+        cm.iter().filter(|d| d["apiVersion"].as_str().is_some_and(|a| a.starts_with("cert-manager.io/"))).collect();
+    for d in &cert_manager {
+        assert_eq!(d["apiVersion"], "cert-manager.io/v1", "{d:#}");
+        assert_eq!(d["metadata"]["namespace"], SYSTEM_NS, "{d:#}");
+    }
+    let issuer_of = |cert: &Value| -> Value {
+        let r = &cert["spec"]["issuerRef"];
+        assert_eq!(r["kind"], "Issuer", "namespaced Issuer expected: {cert:#}");
+        assert!(r.get("group").is_none_or(|g| g == "cert-manager.io"), "{cert:#}");
+        let name = r["name"].as_str().unwrap_or_default();
+        find(&cm, "Issuer", name).clone()
+    };
+    let hours = |d: &Value| -> u64 {
+        let s = d.as_str().unwrap_or_default();
+        s.strip_suffix('h').and_then(|h| h.parse().ok()).unwrap_or_else(|| panic!("duration {s:?} is not whole hours"))
+    };
+
+    // The webhook's caBundle comes from the CA Certificate, not from the serving one.
+    let mwc = find(&cm, "MutatingWebhookConfiguration", WEBHOOK_CONFIG);
+    let inject_from = mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"].as_str().unwrap_or_default();
+    let (ns, ca_name) = inject_from.split_once('/').unwrap_or_else(|| panic!("inject-ca-from {inject_from:?}"));
+    assert_eq!(ns, SYSTEM_NS);
+    let ca = find(&cm, "Certificate", ca_name);
+    assert_eq!(ca["spec"]["isCA"], true, "inject-ca-from must name the CA Certificate: {ca:#}");
+
+    // The CA is issued by a selfSigned Issuer.
+    let root = issuer_of(ca);
+    assert_eq!(root["spec"]["selfSigned"], json!({}), "the CA's issuer: {root:#}");
+    // Its key survives renewal, so certificates it signed verify against the renewed CA.
+    assert_eq!(ca["spec"]["privateKey"]["rotationPolicy"], "Never", "{ca:#}");
+
+    // The serving certificate (the Secret the Deployment mounts) is issued by a CA
+    // Issuer that signs with the CA Certificate's Secret.
+    let dep = find(&cm, "Deployment", "strait-injector");
+    let mounted = dep["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"].as_str().unwrap_or_default();
+    assert_eq!(mounted, TLS_SECRET);
+    let serving = cm
+        .iter()
+        .find(|d| d["kind"] == "Certificate" && d["spec"]["secretName"] == TLS_SECRET)
+        .expect("a Certificate writing the mounted Secret");
+    assert_ne!(serving["metadata"]["name"], ca["metadata"]["name"]);
+    assert!(serving["spec"]["isCA"] != true, "the serving certificate is not a CA: {serving:#}");
+    let ca_issuer = issuer_of(serving);
+    assert_eq!(ca_issuer["spec"]["ca"]["secretName"], ca["spec"]["secretName"], "CA Issuer: {ca_issuer:#}");
+    assert_ne!(ca["spec"]["secretName"], TLS_SECRET, "the CA's Secret is not the serving one");
+    let dns: Vec<&str> =
+        serving["spec"]["dnsNames"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    assert!(dns.contains(&"strait-injector.strait-system.svc"), "serving names {dns:?}");
+
+    // The CA outlives many serving certificates, and each renews before it expires.
+    for c in [ca, serving] {
+        assert!(hours(&c["spec"]["renewBefore"]) < hours(&c["spec"]["duration"]), "{c:#}");
+    }
+    assert!(
+        hours(&ca["spec"]["duration"]) >= 10 * hours(&serving["spec"]["duration"]),
+        "the CA ({}) should live far longer than the serving certificate ({})",
+        ca["spec"]["duration"],
+        serving["spec"]["duration"]
+    );
+    // Exactly the four objects of the chain.
+    let mut kinds: Vec<(String, String)> = cert_manager
+        .iter()
+        .map(|d| {
+            (
+                d["kind"].as_str().unwrap_or_default().to_owned(),
+                d["metadata"]["name"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds.len(), 4, "{kinds:?}");
     Ok(())
 }
 
@@ -285,6 +380,27 @@ async fn webhook_scenarios(env: &TestEnv) -> Result<()> {
     host["spec"]["hostNetwork"] = json!(true);
     apply(env, &host)?;
     assert_not_injected(&get_pod(env, "meshed", "hostnet")?, "meshed/hostnet");
+
+    // Windows pods: the API server forbids the injected Linux security settings when
+    // spec.os.name is windows (an injected pod would be rejected), and a pod pinned to
+    // Windows nodes could never start the Linux proxy. Both are created unmeshed, with
+    // the reason in the status annotation.
+    let mut windows = pod("meshed", "windows", json!({}), json!({}));
+    windows["spec"]["os"] = json!({"name": "windows"});
+    apply(env, &windows)?;
+    let stored = get_pod(env, "meshed", "windows")?;
+    assert_skipped_recorded(&stored, "meshed/windows (spec.os.name)", "spec.os.name: windows");
+    let mut win_selector = pod("meshed", "windows-selector", json!({}), json!({}));
+    win_selector["spec"]["nodeSelector"] = json!({"kubernetes.io/os": "windows"});
+    apply(env, &win_selector)?;
+    let stored = get_pod(env, "meshed", "windows-selector")?;
+    assert_skipped_recorded(&stored, "meshed/windows-selector", "nodeSelector kubernetes.io/os: windows");
+    // A Linux pod selecting Linux nodes is meshed as usual.
+    let mut linux = pod("meshed", "linux", json!({}), json!({}));
+    linux["spec"]["os"] = json!({"name": "linux"});
+    linux["spec"]["nodeSelector"] = json!({"kubernetes.io/os": "linux"});
+    apply(env, &linux)?;
+    assert_injected_native(&get_pod(env, "meshed", "linux")?, "meshed/linux");
 
     // Classic mode by annotation: the proxy is the first container, gated by postStart.
     apply(env, &pod("meshed", "classic", json!({}), json!({"strait.io/native-sidecar": "false"})))?;
@@ -614,5 +730,59 @@ async fn inject_cli_output_applies_to_a_real_api_server() -> Result<()> {
     assert_eq!(served[1]["restartPolicy"], "Always", "the server dropped the native sidecar's restartPolicy");
     let stored = kubectl_ok(&env, &["get", "deployment,service", "-n", "default", "-o", "name"], None)?;
     assert!(!stored.stdout.contains("web"), "dry run stored objects: {}", stored.stdout);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// 6. Start-up: a configuration that cannot inject is refused
+// ---------------------------------------------------------------------------
+
+/// `failurePolicy: Fail` promises that a selected pod is never created unmeshed. An
+/// injector whose settings cannot produce a valid pod must therefore not serve: it
+/// exits non-zero, naming the bad setting, before it binds its port.
+#[tokio::test]
+async fn injector_with_an_invalid_configuration_exits_before_serving() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (cert, key) = self_signed_pair(dir.path())?;
+    for (flag, value, want) in
+        [("--proxy-image", "not an image!", "proxy image \"not an image!\""), ("--init-image", "", "init image \"\"")]
+    {
+        let addr = strait_e2e::free_addrs(1)?[0];
+        let mut child = injector_serve_command(addr, &cert, &key, &[flag, value])?.spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let bound = std::net::TcpStream::connect(addr).is_ok();
+                child.kill()?;
+                let out = child.wait_with_output()?;
+                bail!(
+                    "{flag} {value:?}: still running after 20 s (port bound: {bound}); stderr:\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let stderr = String::from_utf8_lossy(&child.wait_with_output()?.stderr).into_owned();
+        assert!(!status.success(), "{flag} {value:?}: exited {status}; stderr:\n{stderr}");
+        assert!(stderr.contains(want), "{flag} {value:?}: the reason ({want}) is missing from stderr:\n{stderr}");
+        assert!(!stderr.contains("strait-injector serving"), "{flag} {value:?}: it served first:\n{stderr}");
+    }
+
+    // The inject CLI refuses the same settings instead of printing manifests.
+    let file = dir.path().join("app.yaml");
+    std::fs::write(&file, MANIFESTS)?;
+    let out = std::process::Command::new(injector_bin()?)
+        .args(["inject", "--proxy-image", "not an image!", "-f"])
+        .arg(&file)
+        .env_remove("STRAIT_PROXY_IMAGE")
+        .env_remove("STRAIT_INIT_IMAGE")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "inject with a bad image succeeded: {stderr}");
+    assert!(out.stdout.is_empty(), "inject printed manifests: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(stderr.contains("proxy image"), "stderr: {stderr}");
     Ok(())
 }

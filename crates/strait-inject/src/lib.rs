@@ -15,6 +15,16 @@
 //! * the `strait.io/status` annotation, a compact JSON summary of what was injected
 //!   (also returned as [`Injection::summary`]); its presence makes injection idempotent.
 //!
+//! # Windows pods
+//!
+//! The proxy and `strait-init` (iptables) are Linux programs, and the API server forbids
+//! the injected containers' Linux security settings (`runAsUser`, capabilities,
+//! seccomp, `readOnlyRootFilesystem`, …) in a pod with `spec.os.name: windows`. Such a
+//! pod — and one that can only be scheduled on Windows nodes, by a `nodeSelector` of
+//! `kubernetes.io/os: windows` or a required node affinity admitting only that — is
+//! admitted **unmeshed**, and the reason is recorded on the pod as
+//! `strait.io/status: {"version": …, "skipped": "<reason>"}`.
+//!
 //! Opt-in itself is the API server's job (the webhook's namespace and object selectors
 //! match `strait.io/inject=enabled`); this crate only implements the opt-outs and the
 //! safety skips, see [`skip_reason`].
@@ -262,9 +272,16 @@ impl SidecarMode {
 /// The outcome for one pod.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Decision {
-    /// Leave the pod as it is; `reason` is meant for humans (logs, CLI output).
+    /// Do not mesh the pod; `reason` is meant for humans (logs, CLI output).
     Skip {
         reason: String,
+        /// For a skip the pod's owner would not expect (a Windows pod in a meshed
+        /// namespace), a patch that records `reason` in the `strait.io/status`
+        /// annotation (`{"version": …, "skipped": reason}`), so the pod itself says why
+        /// it runs without a proxy. `None` for skips the user asked for or that are
+        /// obvious (opt-out, system namespaces, already injected, hostNetwork): the pod
+        /// is left exactly as it is.
+        record: Option<Patch>,
     },
     Inject(Injection),
 }
@@ -298,34 +315,111 @@ pub enum InjectError {
 /// `namespace` is passed explicitly because an admission request's pod often has no
 /// `metadata.namespace` yet (it comes from the request path).
 pub fn skip_reason(pod: &Pod, namespace: &str, cfg: &InjectConfig) -> Option<String> {
+    skip(pod, namespace, cfg).map(|s| s.reason)
+}
+
+/// Why a pod is skipped, and whether the reason is recorded on the pod.
+struct Skip {
+    reason: String,
+    record: bool,
+}
+
+impl Skip {
+    fn quiet(reason: String) -> Option<Skip> {
+        Some(Skip { reason, record: false })
+    }
+}
+
+/// The node label (and `spec.os.name` value) that marks Windows.
+const OS_LABEL: &str = "kubernetes.io/os";
+
+/// Why the pod can only run on Windows nodes, if it can.
+///
+/// * `spec.os.name: windows` — the API server then forbids, on every container,
+///   exactly what meshing needs: `runAsUser`/`runAsGroup`, capabilities, seccomp,
+///   `readOnlyRootFilesystem`, `privileged`, `allowPrivilegeEscalation`; an injected
+///   pod would be rejected outright.
+/// * a `nodeSelector` of `kubernetes.io/os: windows`, or a required node affinity
+///   every term of which admits only `kubernetes.io/os` In `[windows]` — the API
+///   server would accept the injected pod, but it could only be scheduled on Windows
+///   nodes, where the Linux `strait-init` (iptables) and `strait-proxy` images cannot
+///   run: the pod would never start.
+///
+/// Either way the proxy cannot serve the pod, so it is skipped rather than broken.
+fn windows_only(spec: &PodSpec) -> Option<String> {
+    const WHY: &str = "the proxy and its iptables redirection run only on Linux";
+    if spec.os.as_ref().is_some_and(|os| os.name.eq_ignore_ascii_case("windows")) {
+        return Some(format!(
+            "the pod runs on Windows (spec.os.name: windows): {WHY}, and the API server forbids the \
+             injected containers' Linux security settings (runAsUser, capabilities, seccomp, \
+             readOnlyRootFilesystem) in Windows pods"
+        ));
+    }
+    if spec.node_selector.as_ref().and_then(|s| s.get(OS_LABEL)).is_some_and(|v| v.eq_ignore_ascii_case("windows")) {
+        return Some(format!("the pod selects Windows nodes (nodeSelector {OS_LABEL}: windows): {WHY}"));
+    }
+    let terms = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|n| n.required_during_scheduling_ignored_during_execution.as_ref())
+        .map(|r| r.node_selector_terms.as_slice())
+        .unwrap_or_default();
+    // Terms are ORed: the pod is Windows-only when every term pins the OS to Windows.
+    let windows_term = |t: &k8s_openapi::api::core::v1::NodeSelectorTerm| {
+        t.match_expressions.iter().flatten().any(|e| {
+            e.key == OS_LABEL
+                && e.operator == "In"
+                && e.values
+                    .as_ref()
+                    .is_some_and(|v| !v.is_empty() && v.iter().all(|v| v.eq_ignore_ascii_case("windows")))
+        })
+    };
+    if !terms.is_empty() && terms.iter().all(windows_term) {
+        return Some(format!(
+            "the pod's required node affinity admits only Windows nodes ({OS_LABEL} In [windows]): {WHY}"
+        ));
+    }
+    None
+}
+
+fn skip(pod: &Pod, namespace: &str, cfg: &InjectConfig) -> Option<Skip> {
     if KUBERNETES_SYSTEM_NAMESPACES.contains(&namespace) {
-        return Some(format!("namespace {namespace} is a Kubernetes system namespace"));
+        return Skip::quiet(format!("namespace {namespace} is a Kubernetes system namespace"));
     }
     if namespace == cfg.system_namespace {
-        return Some(format!("namespace {namespace} is Strait's own namespace"));
+        return Skip::quiet(format!("namespace {namespace} is Strait's own namespace"));
     }
     let meta = &pod.metadata;
     for (map, what) in [(&meta.labels, "label"), (&meta.annotations, "annotation")] {
         if map.as_ref().and_then(|m| m.get(INJECT_KEY)).map(String::as_str) == Some("disabled") {
-            return Some(format!("the pod opted out with {what} {INJECT_KEY}=disabled"));
+            return Skip::quiet(format!("the pod opted out with {what} {INJECT_KEY}=disabled"));
         }
     }
-    if meta.annotations.as_ref().is_some_and(|a| a.contains_key(STATUS_ANNOTATION)) {
-        return Some(format!("already injected: annotation {STATUS_ANNOTATION} is present"));
+    if let Some(status) = meta.annotations.as_ref().and_then(|a| a.get(STATUS_ANNOTATION)) {
+        // A skip recorded earlier (e.g. by a reinvocation of the webhook) stays a skip.
+        let recorded = serde_json::from_str::<Value>(status).ok();
+        if let Some(why) = recorded.as_ref().and_then(|v| v.get("skipped")).and_then(Value::as_str) {
+            return Skip::quiet(format!("already skipped: annotation {STATUS_ANNOTATION} records {why:?}"));
+        }
+        return Skip::quiet(format!("already injected: annotation {STATUS_ANNOTATION} is present"));
     }
     let Some(spec) = &pod.spec else {
-        return Some("the pod has no spec".into());
+        return Skip::quiet("the pod has no spec".into());
     };
+    if let Some(reason) = windows_only(spec) {
+        return Some(Skip { reason, record: true });
+    }
     if spec.host_network == Some(true) {
         // Redirection rules would be installed in the node's network namespace and
         // capture every process on the node.
-        return Some("the pod uses hostNetwork: redirecting its traffic would capture the node's".into());
+        return Skip::quiet("the pod uses hostNetwork: redirecting its traffic would capture the node's".into());
     }
     // Either name already present means a previous injection (or a hand-made copy of
     // one); adding another would give the pod duplicate container names.
     app_containers(spec)
         .find(|(c, _)| c.name == PROXY_CONTAINER || c.name == INIT_CONTAINER)
-        .map(|(c, what)| format!("already injected: the pod has {what} {}", c.name))
+        .map(|(c, what)| Skip { reason: format!("already injected: the pod has {what} {}", c.name), record: false })
 }
 
 /// The pod's own containers, init containers first, with what each one is.
@@ -337,12 +431,19 @@ fn app_containers(spec: &PodSpec) -> impl Iterator<Item = (&Container, &'static 
 /// Decides, and builds the patch when the pod is to be injected.
 pub fn mutate(pod: &Pod, namespace: &str, cfg: &InjectConfig) -> Result<Decision, InjectError> {
     cfg.validate()?;
-    if let Some(reason) = skip_reason(pod, namespace, cfg) {
-        return Ok(Decision::Skip { reason });
+    if let Some(Skip { reason, record }) = skip(pod, namespace, cfg) {
+        let record = if record {
+            let status = serde_json::json!({"version": VERSION, "skipped": reason});
+            let annotations = BTreeMap::from([(STATUS_ANNOTATION.to_string(), status.to_string())]);
+            Some(Patch(annotation_ops(pod, annotations)?))
+        } else {
+            None
+        };
+        return Ok(Decision::Skip { reason, record });
     }
     let Some(spec) = &pod.spec else {
-        // skip_reason already refused spec-less pods; this keeps the code unwrap-free.
-        return Ok(Decision::Skip { reason: "the pod has no spec".into() });
+        // skip() already refused spec-less pods; this keeps the code unwrap-free.
+        return Ok(Decision::Skip { reason: "the pod has no spec".into(), record: None });
     };
     let mut plan = overrides::resolve(pod, cfg);
     plan.warnings.extend(pod_warnings(pod, spec, cfg, &plan));
@@ -381,28 +482,32 @@ pub fn mutate(pod: &Pod, namespace: &str, cfg: &InjectConfig) -> Result<Decision
     {
         new_annotations.insert(DEFAULT_CONTAINER_ANNOTATION.to_string(), first.name.clone());
     }
-    if pod.metadata.annotations.is_none() {
-        ops.push(add(
-            &["metadata", "annotations"],
-            serde_json::to_value(&new_annotations).map_err(InjectError::Serialize)?,
-        ));
-    } else {
-        for (k, v) in new_annotations {
-            // The pointer escapes the "/" of "strait.io/status" as "~1".
-            ops.push(add(&["metadata", "annotations", &k], Value::String(v)));
-        }
-    }
+    ops.extend(annotation_ops(pod, new_annotations)?);
 
     Ok(Decision::Inject(Injection { patch: Patch(ops), warnings: plan.warnings, summary }))
+}
+
+/// Patch operations that add `annotations` to the pod's.
+fn annotation_ops(pod: &Pod, annotations: BTreeMap<String, String>) -> Result<Vec<PatchOperation>, InjectError> {
+    if pod.metadata.annotations.is_none() {
+        let all = serde_json::to_value(&annotations).map_err(InjectError::Serialize)?;
+        return Ok(vec![add(&["metadata", "annotations"], all)]);
+    }
+    // The pointer escapes the "/" of "strait.io/status" as "~1".
+    Ok(annotations.into_iter().map(|(k, v)| add(&["metadata", "annotations", &k], Value::String(v))).collect())
 }
 
 /// [`mutate`], then applies the patch to `pod`. On error `pod` is left unchanged.
 /// Returns the decision (with the warnings) so callers can report skips too.
 pub fn inject_into(pod: &mut Pod, namespace: &str, cfg: &InjectConfig) -> Result<Decision, InjectError> {
     let decision = mutate(pod, namespace, cfg)?;
-    if let Decision::Inject(injection) = &decision {
+    let patch = match &decision {
+        Decision::Inject(injection) => Some(&injection.patch),
+        Decision::Skip { record, .. } => record.as_ref(),
+    };
+    if let Some(patch) = patch {
         let mut doc = serde_json::to_value(&*pod).map_err(InjectError::Serialize)?;
-        json_patch::patch(&mut doc, &injection.patch)?;
+        json_patch::patch(&mut doc, patch)?;
         *pod = serde_json::from_value(doc).map_err(InjectError::Deserialize)?;
     }
     Ok(decision)

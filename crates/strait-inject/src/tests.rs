@@ -33,7 +33,7 @@ fn classic() -> InjectConfig {
 fn injection(pod: &Pod, cfg: &InjectConfig) -> Injection {
     match mutate(pod, "app", cfg).expect("mutate") {
         Decision::Inject(i) => i,
-        Decision::Skip { reason } => panic!("unexpected skip: {reason}"),
+        Decision::Skip { reason, .. } => panic!("unexpected skip: {reason}"),
     }
 }
 
@@ -41,7 +41,7 @@ fn injected(pod: &Pod, cfg: &InjectConfig) -> (Pod, Vec<String>) {
     let mut p = pod.clone();
     match inject_into(&mut p, "app", cfg).expect("inject_into") {
         Decision::Inject(i) => (p, i.warnings),
-        Decision::Skip { reason } => panic!("unexpected skip: {reason}"),
+        Decision::Skip { reason, .. } => panic!("unexpected skip: {reason}"),
     }
 }
 
@@ -119,7 +119,10 @@ fn skip_reasons() {
         assert!(reason.contains(want), "{case}: {reason:?} lacks {want:?}");
         for cfg in [InjectConfig::default(), classic()] {
             match mutate(&pod, ns, &cfg).expect("mutate") {
-                Decision::Skip { reason: r } => assert_eq!(r, reason, "{case}"),
+                Decision::Skip { reason: r, record } => {
+                    assert_eq!(r, reason, "{case}");
+                    assert_eq!(record, None, "{case}: a skip the user asked for leaves no trace");
+                }
                 Decision::Inject(_) => panic!("{case}: injected"),
             }
             let mut copy = pod.clone();
@@ -131,6 +134,109 @@ fn skip_reasons() {
     let cfg = InjectConfig { system_namespace: "mesh".into(), ..InjectConfig::default() };
     assert!(skip_reason(&pod_with(json!({})), "mesh", &cfg).is_some());
     assert!(skip_reason(&pod_with(json!({})), "strait-system", &cfg).is_none());
+}
+
+/// A Windows pod cannot be meshed (Linux-only proxy and iptables; the API server
+/// forbids the injected Linux security settings when `spec.os.name` is windows), so
+/// it is admitted unmeshed, with the reason recorded in the status annotation.
+#[test]
+fn windows_pods_are_skipped_with_the_reason_recorded() {
+    let cases: &[(&str, Value, &str)] = &[
+        ("spec.os.name", json!({"spec": {"os": {"name": "windows"}}}), "spec.os.name: windows"),
+        (
+            "nodeSelector",
+            json!({"spec": {"nodeSelector": {"kubernetes.io/os": "windows", "pool": "win"}}}),
+            "nodeSelector kubernetes.io/os: windows",
+        ),
+        (
+            "required node affinity",
+            json!({"spec": {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "kubernetes.io/os", "operator": "In", "values": ["windows"]}]},
+                {"matchExpressions": [
+                    {"key": "kubernetes.io/os", "operator": "In", "values": ["windows"]},
+                    {"key": "zone", "operator": "In", "values": ["a"]},
+                ]},
+            ]}}}}}),
+            "admits only Windows nodes",
+        ),
+        // With annotations already present the status is added as one more key.
+        (
+            "spec.os.name, annotated",
+            json!({"metadata": {"annotations": {"team": "x"}}, "spec": {"os": {"name": "windows"}}}),
+            "spec.os.name: windows",
+        ),
+    ];
+    for (case, merge, want) in cases {
+        let pod = pod_with(merge.clone());
+        for cfg in [InjectConfig::default(), classic()] {
+            let reason = skip_reason(&pod, "app", &cfg).unwrap_or_else(|| panic!("{case}: not skipped"));
+            assert!(reason.contains(want) && reason.contains("Linux"), "{case}: {reason:?}");
+            let mut out = pod.clone();
+            let decision = inject_into(&mut out, "app", &cfg).expect("inject_into");
+            assert!(
+                matches!(&decision, Decision::Skip { reason: r, record: Some(_) } if *r == reason),
+                "{case}: {decision:?}"
+            );
+            // Only the annotation was added: no container, no security setting.
+            assert_eq!(out.spec, pod.spec, "{case}: the spec must be untouched");
+            let status = status(&out);
+            assert_eq!(status["skipped"], json!(reason), "{case}: {status}");
+            assert_eq!(status["version"], json!(VERSION), "{case}: {status}");
+            assert!(status.get("mode").is_none(), "{case}: a skipped pod has no proxy mode: {status}");
+            let mut rest = out.metadata.annotations.clone().unwrap_or_default();
+            rest.remove(STATUS_ANNOTATION);
+            assert_eq!(rest, pod.metadata.annotations.clone().unwrap_or_default(), "{case}: other annotations kept");
+            // A second pass (webhook reinvocation, `inject` on its own output) changes nothing.
+            let again = skip_reason(&out, "app", &cfg).expect("still skipped");
+            assert!(again.starts_with("already skipped"), "{case}: {again}");
+            let mut twice = out.clone();
+            inject_into(&mut twice, "app", &cfg).expect("inject_into");
+            assert_eq!(twice, out, "{case}: idempotent");
+        }
+    }
+    // An explicit opt-out wins and leaves the pod as it is.
+    let opted_out = pod_with(
+        json!({"metadata": {"labels": {"strait.io/inject": "disabled"}}, "spec": {"os": {"name": "windows"}}}),
+    );
+    assert!(matches!(mutate(&opted_out, "app", &InjectConfig::default()), Ok(Decision::Skip { record: None, .. })));
+}
+
+/// Pods that may run on Linux nodes are meshed as usual: Linux explicitly, or a
+/// scheduling constraint that still admits a Linux node.
+#[test]
+fn pods_that_may_run_on_linux_are_injected() {
+    let cases: &[(&str, Value)] = &[
+        ("spec.os.name linux", json!({"spec": {"os": {"name": "linux"}}})),
+        ("nodeSelector linux", json!({"spec": {"nodeSelector": {"kubernetes.io/os": "linux"}}})),
+        (
+            "affinity: one term admits Linux",
+            json!({"spec": {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "kubernetes.io/os", "operator": "In", "values": ["windows"]}]},
+                {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]},
+            ]}}}}}),
+        ),
+        (
+            "affinity: In [windows, linux]",
+            json!({"spec": {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "kubernetes.io/os", "operator": "In", "values": ["windows", "linux"]}]},
+            ]}}}}}),
+        ),
+        (
+            "preferred (not required) Windows affinity",
+            json!({"spec": {"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 1, "preference": {"matchExpressions": [{"key": "kubernetes.io/os", "operator": "In", "values": ["windows"]}]}},
+            ]}}}}),
+        ),
+    ];
+    for (case, merge) in cases {
+        let pod = pod_with(merge.clone());
+        assert_eq!(skip_reason(&pod, "app", &InjectConfig::default()), None, "{case}");
+        let (out, _) = injected(&pod, &InjectConfig::default());
+        assert!(status(&out).get("mode").is_some(), "{case}");
+    }
 }
 
 #[test]

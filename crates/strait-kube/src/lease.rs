@@ -40,6 +40,24 @@ pub fn held_by_other(spec: &LeaseSpec, me: &str, now: Timestamp) -> bool {
     }
 }
 
+/// The spec `me` writes to an existing Lease whose spec is `current`: a renewal when
+/// `me` holds it (acquire time and transition count kept), a takeover when it is free
+/// or its holder's claim has expired (new acquire time, one more transition). `None`
+/// while another holder's claim is valid: `me` must not write.
+pub fn claim(mut current: LeaseSpec, me: &str, now: Timestamp, duration_secs: i32) -> Option<LeaseSpec> {
+    if held_by_other(&current, me, now) {
+        return None;
+    }
+    if current.holder_identity.as_deref() != Some(me) {
+        current.holder_identity = Some(me.to_owned());
+        current.acquire_time = Some(MicroTime(now));
+        current.lease_transitions = Some(current.lease_transitions.unwrap_or(0) + 1);
+    }
+    current.renew_time = Some(MicroTime(now));
+    current.lease_duration_seconds = Some(duration_secs);
+    Some(current)
+}
+
 impl LeaderElector {
     pub fn new(client: Client, cfg: LeaseConfig) -> Self {
         let api = Api::namespaced(client, &cfg.namespace);
@@ -74,17 +92,9 @@ impl LeaderElector {
                 Err(e) => Err(e),
             };
         };
-        let mut spec = lease.spec.take().unwrap_or_default();
-        if held_by_other(&spec, me, now) {
+        let Some(spec) = claim(lease.spec.take().unwrap_or_default(), me, now, secs) else {
             return Ok(false);
-        }
-        if spec.holder_identity.as_deref() != Some(me) {
-            spec.holder_identity = Some(me.to_owned());
-            spec.acquire_time = Some(MicroTime(now));
-            spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
-        }
-        spec.renew_time = Some(MicroTime(now));
-        spec.lease_duration_seconds = Some(secs);
+        };
         lease.spec = Some(spec);
         // `replace` carries the resourceVersion we read: a concurrent update conflicts.
         match self.api.replace(&self.cfg.name, &PostParams::default(), &lease).await {
@@ -149,5 +159,40 @@ mod tests {
         assert!(!held_by_other(&spec("me", "2026-01-01T00:00:09Z"), "me", now));
         assert!(!held_by_other(&spec("", "2026-01-01T00:00:09Z"), "me", now));
         assert!(!held_by_other(&LeaseSpec::default(), "me", now));
+    }
+
+    #[test]
+    fn claims_renew_take_over_or_back_off() {
+        let t = |s: &str| -> Timestamp { s.parse().expect("time") };
+        let acquired = MicroTime(t("2026-01-01T00:00:00Z"));
+        let held = |holder: &str, renewed: &str| LeaseSpec {
+            acquire_time: Some(acquired.clone()),
+            lease_transitions: Some(3),
+            ..spec(holder, renewed)
+        };
+
+        // Our own lease: renewed, same acquire time and transitions.
+        let now = t("2026-01-01T00:00:10Z");
+        let renewed = claim(held("me", "2026-01-01T00:00:08Z"), "me", now, 15).expect("ours");
+        assert_eq!(renewed.holder_identity.as_deref(), Some("me"));
+        assert_eq!(renewed.renew_time, Some(MicroTime(now)));
+        assert_eq!(renewed.acquire_time, Some(acquired.clone()));
+        assert_eq!(renewed.lease_transitions, Some(3));
+
+        // Another holder within its lease: back off, write nothing.
+        assert_eq!(claim(held("other", "2026-01-01T00:00:08Z"), "me", now, 15), None);
+
+        // Another holder that stopped renewing: taken over, counted as a transition.
+        let later = t("2026-01-01T00:00:30Z");
+        let taken = claim(held("other", "2026-01-01T00:00:08Z"), "me", later, 20).expect("expired");
+        assert_eq!(taken.holder_identity.as_deref(), Some("me"));
+        assert_eq!(taken.acquire_time, Some(MicroTime(later)));
+        assert_eq!(taken.renew_time, Some(MicroTime(later)));
+        assert_eq!(taken.lease_transitions, Some(4));
+        assert_eq!(taken.lease_duration_seconds, Some(20), "our configured duration is written");
+
+        // A released (holder-less) lease: taken at once.
+        let released = LeaseSpec { holder_identity: None, ..held("", "2026-01-01T00:00:09Z") };
+        assert_eq!(claim(released, "me", now, 15).and_then(|s| s.holder_identity), Some("me".into()));
     }
 }
