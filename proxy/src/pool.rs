@@ -38,6 +38,9 @@ const EWMA_DECAY: Duration = Duration::from_secs(1);
 /// latency noise between equally good endpoints must not pin sequential traffic to one
 /// of them, while a difference of one outstanding request (2x) still decides.
 const EQUAL_COST_RATIO: f64 = 1.25;
+/// Connection attempts per request while some endpoint is known to work, and the
+/// least a request makes when endpoints time out (see [`Pool::pick_attempt`]).
+pub const MAX_CONNECT_ATTEMPTS: usize = 3;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -200,36 +203,92 @@ impl Pool {
         }
     }
 
+    /// The endpoint for connection attempt `attempt` (0 = the first) of a request that
+    /// has so far failed to connect to `tried`; None = give up. A request that never
+    /// reached a backend is safe to send elsewhere:
+    /// - the first attempt: power of two choices over the whole set ([`Pool::pick`]);
+    /// - a retry: an endpoint known to work, not tried by this request, when there is one;
+    /// - while none is known to work (a fresh sidecar, or every proven endpoint failed):
+    ///   an endpoint this request has not tried and that is not backed off, so a live
+    ///   endpoint among many refusing ones is found (three random attempts missed it:
+    ///   with 5 of 8 endpoints refusing, 18% of a fresh sidecar's first calls failed);
+    ///   the caller bounds this search by its retry budget and connect time;
+    /// - up to [`MAX_CONNECT_ATTEMPTS`], when nothing else is left: [`Pool::pick`].
+    pub fn pick_attempt(&self, set: &EndpointSet, attempt: usize, tried: &[SocketAddr]) -> Option<Arc<Upstream>> {
+        if attempt == 0 {
+            return self.pick(set, None);
+        }
+        // Attempts that end in a graceful GOAWAY are not `tried`: this bounds them.
+        if attempt >= MAX_CONNECT_ATTEMPTS + set.endpoints.len() {
+            return None;
+        }
+        if let Some(good) = self.pick_known_good(set, tried) {
+            return Some(good);
+        }
+        if let Some(untried) = self.pick_untried(set, tried) {
+            return Some(untried);
+        }
+        if attempt < MAX_CONNECT_ATTEMPTS {
+            return self.pick(set, tried.last().copied());
+        }
+        None
+    }
+
+    /// Power of two choices among the endpoints not `tried` by this request and not
+    /// backed off. None when there is none.
+    fn pick_untried(&self, set: &EndpointSet, tried: &[SocketAddr]) -> Option<Arc<Upstream>> {
+        let now = self.now_ns();
+        let untried: Vec<Arc<Upstream>> = set
+            .endpoints
+            .iter()
+            .map(|e| self.upstream(e.addr))
+            .filter(|u| !tried.contains(&u.addr) && self.is_healthy(u, now))
+            .collect();
+        self.cheaper_of_two(untried, now)
+    }
+
+    /// How long a request may spend connecting before it stops searching past
+    /// [`MAX_CONNECT_ATTEMPTS`]: what that many connect timeouts take, so endpoints that
+    /// time out rather than refuse cost a caller no more than three attempts did.
+    pub fn connect_search_limit(&self) -> Duration {
+        self.config.connect_timeout.saturating_mul(MAX_CONNECT_ATTEMPTS as u32)
+    }
+
     /// For a retry after a failed connection attempt: power of two choices among the
     /// endpoints *known to work* (answered before, no connect failure since, not
-    /// backed off), so the retry does not land on another unproven endpoint — with
-    /// many dead endpoints whose backoffs expire together, unmeasured (cost 0) dead
-    /// ones would otherwise win every draw and a request could spend all its attempts
-    /// on them. None when no endpoint is known to work.
-    pub fn pick_known_good(&self, set: &EndpointSet, exclude: Option<SocketAddr>) -> Option<Arc<Upstream>> {
+    /// backed off, not `tried` by this request), so the retry does not land on another
+    /// unproven endpoint — with many dead endpoints whose backoffs expire together,
+    /// unmeasured (cost 0) dead ones would otherwise win every draw and a request could
+    /// spend all its attempts on them. None when no endpoint is known to work.
+    pub fn pick_known_good(&self, set: &EndpointSet, tried: &[SocketAddr]) -> Option<Arc<Upstream>> {
         let now = self.now_ns();
         let good: Vec<Arc<Upstream>> = set
             .endpoints
             .iter()
             .map(|e| self.upstream(e.addr))
             .filter(|u| {
-                Some(u.addr) != exclude
+                !tried.contains(&u.addr)
                     && self.is_healthy(u, now)
                     && u.consecutive_failures.load(Ordering::Relaxed) == 0
                     && u.samples.load(Ordering::Relaxed) > 0
             })
             .collect();
-        match good.len() {
+        self.cheaper_of_two(good, now)
+    }
+
+    /// Power of two choices within `candidates` (already filtered).
+    fn cheaper_of_two(&self, candidates: Vec<Arc<Upstream>>, now: u64) -> Option<Arc<Upstream>> {
+        match candidates.len() {
             0 => None,
-            1 => good.into_iter().next(),
+            1 => candidates.into_iter().next(),
             n => {
                 let a = fastrand::usize(..n);
                 let mut b = fastrand::usize(..n - 1);
                 if b >= a {
                     b += 1;
                 }
-                let pick = if self.cost(&good[a], now) <= self.cost(&good[b], now) { a } else { b };
-                Some(good[pick].clone())
+                let pick = if self.cost(&candidates[a], now) <= self.cost(&candidates[b], now) { a } else { b };
+                Some(candidates[pick].clone())
             }
         }
     }
@@ -386,16 +445,61 @@ mod tests {
         let p = pool();
         let s = set(20);
         // Nothing measured yet: no endpoint is known to work.
-        assert!(p.pick_known_good(&s, None).is_none());
+        assert!(p.pick_known_good(&s, &[]).is_none());
         let good = p.upstream(s.endpoints[7].addr);
         p.observe_rtt(&good, Duration::from_millis(1));
         let failed = p.upstream(s.endpoints[3].addr);
         p.observe_rtt(&failed, Duration::from_millis(1));
         p.mark_failed(&failed);
         for _ in 0..50 {
-            assert_eq!(p.pick_known_good(&s, None).map(|u| u.addr), Some(good.addr));
+            assert_eq!(p.pick_known_good(&s, &[]).map(|u| u.addr), Some(good.addr));
         }
-        assert!(p.pick_known_good(&s, Some(good.addr)).is_none());
+        assert!(p.pick_known_good(&s, &[good.addr]).is_none());
+    }
+
+    /// One request as `Proxy::forward` makes it, with connects simulated: endpoints in
+    /// `refusing` fail to connect (and are backed off), the others answer. Ok(the
+    /// endpoint that answered) or Err(connection attempts made).
+    fn simulated_call(p: &Pool, s: &EndpointSet, refusing: &HashSet<SocketAddr>) -> Result<SocketAddr, usize> {
+        let mut tried = Vec::new();
+        while let Some(u) = p.pick_attempt(s, tried.len(), &tried) {
+            if !refusing.contains(&u.addr) {
+                p.observe_rtt(&u, Duration::from_millis(1));
+                return Ok(u.addr);
+            }
+            p.mark_failed(&u);
+            tried.push(u.addr);
+        }
+        Err(tried.len())
+    }
+
+    #[test]
+    fn fresh_pool_reaches_a_live_endpoint_among_refusing_ones() {
+        // 8 endpoints of which 5 refuse connections, met by 200 fresh sidecars: every
+        // one of each sidecar's first 8 calls is answered (3 attempts on unmeasured
+        // endpoints failed ~18% of first calls).
+        let s = set(8);
+        let refusing: HashSet<SocketAddr> = s.endpoints[..5].iter().map(|e| e.addr).collect();
+        for sidecar in 0..200 {
+            let p = pool();
+            for call in 0..8 {
+                let r = simulated_call(&p, &s, &refusing);
+                assert!(r.is_ok_and(|a| !refusing.contains(&a)), "sidecar {sidecar}, call {call}: {r:?}");
+            }
+        }
+        // One live endpoint among 20 refusing ones.
+        let s = set(21);
+        let refusing: HashSet<SocketAddr> = s.endpoints[..20].iter().map(|e| e.addr).collect();
+        for sidecar in 0..50 {
+            let p = pool();
+            let r = simulated_call(&p, &s, &refusing);
+            assert_eq!(r, Ok(s.endpoints[20].addr), "sidecar {sidecar}");
+        }
+        // None alive: the request gives up after trying each endpoint at most once.
+        let s = set(8);
+        let all: HashSet<SocketAddr> = s.endpoints.iter().map(|e| e.addr).collect();
+        let r = simulated_call(&pool(), &s, &all);
+        assert!(matches!(r, Err(n) if n <= 8), "{r:?}");
     }
 
     #[test]

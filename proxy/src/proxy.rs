@@ -2,7 +2,7 @@
 use crate::body::{self, CallerBody, ObservedBody, Outcome, ProxyBody, RequestBody};
 use crate::grpc::{self, Code};
 use crate::h2io::H2Body;
-use crate::pool::{Pool, Upstream};
+use crate::pool::{MAX_CONNECT_ATTEMPTS, Pool, Upstream};
 use crate::state::SharedState;
 use crate::telemetry::{self, CallMetrics, MethodTable, Side};
 use crate::upstream::{self, SendError};
@@ -16,10 +16,6 @@ use std::time::{Duration, Instant};
 use strait_routing::{
     Backend, BackendTarget, LookupError, RequestView, RoutingState, Rule, ServiceKey, with_authority,
 };
-
-/// Attempts per request when connecting fails before the request was sent: a request
-/// that never reached a backend is safe to send elsewhere.
-const MAX_CONNECT_ATTEMPTS: usize = 3;
 
 pub struct Proxy {
     pub shared: Arc<SharedState>,
@@ -294,26 +290,29 @@ impl Proxy {
     ) -> Result<(Response<H2Body>, crate::pool::PendingGuard), Refusal> {
         let started = Instant::now();
         self.retry_budget.deposit(started);
-        let mut exclude = None;
+        // Endpoints this request failed to connect to (allocated only on failure).
+        let mut tried: Vec<SocketAddr> = Vec::new();
         // Built only on failure: the success path allocates no message.
         let mut last_error: std::borrow::Cow<'static, str> = "no endpoints".into();
-        for attempt in 0..MAX_CONNECT_ATTEMPTS {
+        for attempt in 0.. {
+            let picked = match &destination {
+                Destination::Address(addr) => {
+                    (attempt < MAX_CONNECT_ATTEMPTS && !tried.contains(addr)).then(|| self.pool.upstream(*addr))
+                }
+                Destination::Endpoints(set) => self.pool.pick_attempt(set, attempt, &tried),
+            };
+            let Some(upstream) = picked else {
+                break;
+            };
+            // Past the usual attempts only while connecting has been quick (refusals).
+            if attempt >= MAX_CONNECT_ATTEMPTS && started.elapsed() >= self.pool.connect_search_limit() {
+                break;
+            }
             if attempt > 0 && !self.retry_budget.try_withdraw(Instant::now()) {
                 telemetry::proxy_error(side, "retry_budget_exhausted");
                 last_error = format!("{last_error} (retry budget exhausted)").into();
                 break;
             }
-            // A retry goes to an endpoint known to work when there is one.
-            let picked = match (&destination, attempt) {
-                (Destination::Address(addr), _) => (Some(*addr) != exclude).then(|| self.pool.upstream(*addr)),
-                (Destination::Endpoints(set), 0) => self.pool.pick(set, exclude),
-                (Destination::Endpoints(set), _) => {
-                    self.pool.pick_known_good(set, exclude).or_else(|| self.pool.pick(set, exclude))
-                }
-            };
-            let Some(upstream) = picked else {
-                break;
-            };
             let guard = self.pool.start_request(&upstream);
             // Connecting is rare and its future is large (TCP connect + HTTP/2
             // handshake): boxed on that path only, so every request's future stays small
@@ -331,7 +330,7 @@ impl Proxy {
                     tracing::debug!(endpoint = %upstream.addr, error = %e, "connect failed; endpoint backed off");
                     self.pool.mark_failed(&upstream);
                     last_error = e.to_string().into();
-                    exclude = Some(upstream.addr);
+                    tried.push(upstream.addr);
                     continue;
                 }
             };
@@ -377,7 +376,7 @@ impl Proxy {
                     } else {
                         // The connection died before our request was written.
                         self.pool.mark_failed(&upstream);
-                        exclude = Some(upstream.addr);
+                        tried.push(upstream.addr);
                     }
                 }
                 Err(SendError::Failed(err)) => {

@@ -6,8 +6,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use strait_demo::pb::echo_v1::echo_client::EchoClient;
-use strait_e2e::{CONFIG_CHANGE_TIMEOUT, Mesh, NS, Tally, authority, probe, services_yaml, wait_for};
+use strait_e2e::{Mesh, NS, Tally, authority, probe, services_yaml, wait_for};
 use tonic::Code;
+
+/// How long a configuration change may take to show up before a test gives up: a
+/// deadline for a condition, far above the usual ~250 ms (config poll), so a machine
+/// busy with other work does not fail the test.
+const CHANGE_DEADLINE: Duration = Duration::from_secs(30);
 
 fn live_route(backend: &str) -> String {
     format!(
@@ -42,8 +47,9 @@ struct Observed {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_change_under_traffic_loses_no_calls() -> Result<()> {
     const SWITCHES: usize = 10;
-    const MAX_CALLS: usize = 3000;
-    const MAX_TRAFFIC: Duration = Duration::from_secs(15);
+    // Traffic runs until every switch was seen; these only bound a test that hangs.
+    const MAX_CALLS: usize = 50_000;
+    const MAX_TRAFFIC: Duration = Duration::from_secs(600);
     const SWITCH_EVERY: Duration = Duration::from_millis(300);
 
     let mut mesh = Mesh::new()?;
@@ -73,7 +79,7 @@ async fn route_change_under_traffic_loses_no_calls() -> Result<()> {
                         Err(s) => o.failures.push(format!("call {calls}: {:?} {}", s.code(), s.message())),
                     }
                 }
-                // Pace the calls so the budget lasts through all switches.
+                // Paced: a steady stream of calls, not a flood.
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             calls
@@ -85,14 +91,14 @@ async fn route_change_under_traffic_loses_no_calls() -> Result<()> {
         let target = if i % 2 == 0 { "live-b" } else { "live-a" };
         let written = Instant::now();
         mesh.write("route.yaml", &live_route(target))?;
-        let seen = wait_for(&format!("switch {i} to {target}"), CONFIG_CHANGE_TIMEOUT, || {
+        let seen = wait_for(&format!("switch {i} to {target}"), CHANGE_DEADLINE, || {
             let observed = observed.clone();
             let traffic_done = traffic.is_finished();
             async move {
                 let o = observed.lock().expect("lock");
                 let hit = o.answers.iter().find(|(t, b)| *t >= written && b == target).map(|(t, _)| *t);
                 if hit.is_none() && traffic_done {
-                    bail!("traffic task stopped (call budget exhausted) before the switch was observed");
+                    bail!("traffic task stopped (call or time cap) before the switch was observed");
                 }
                 Ok(hit)
             }
@@ -172,7 +178,7 @@ async fn broken_file_keeps_last_good_state() -> Result<()> {
     // Broken YAML that, had it parsed, would have pointed the route at back-b.
     let broken = pinned_route("back-b").replace("  rules:\n", "  rules:\n  - [unclosed\n");
     mesh.write("route.yaml", &broken)?;
-    let error = wait_for("sourceErrors to name route.yaml", CONFIG_CHANGE_TIMEOUT, || async {
+    let error = wait_for("sourceErrors to name route.yaml", CHANGE_DEADLINE, || async {
         let routes = proxy.admin_json("/routes").await?;
         let errors = routes["sourceErrors"].as_object().cloned().unwrap_or_default();
         Ok(errors.iter().find(|(file, _)| file.ends_with("route.yaml")).map(|(f, e)| format!("{f}: {e}")))
@@ -191,12 +197,12 @@ async fn broken_file_keeps_last_good_state() -> Result<()> {
 
     // Fix it, now pointing at back-b.
     mesh.write("route.yaml", &pinned_route("back-b"))?;
-    wait_for("sourceErrors to clear", CONFIG_CHANGE_TIMEOUT, || async {
+    wait_for("sourceErrors to clear", CHANGE_DEADLINE, || async {
         let routes = proxy.admin_json("/routes").await?;
         Ok(routes["sourceErrors"].as_object().is_some_and(|e| e.is_empty()).then_some(()))
     })
     .await?;
-    wait_for("traffic to reach back-b", CONFIG_CHANGE_TIMEOUT, || {
+    wait_for("traffic to reach back-b", CHANGE_DEADLINE, || {
         let mut client = client.clone();
         async move { Ok((answered_by(&mut client).await? == "back-b").then_some(())) }
     })
@@ -208,7 +214,7 @@ async fn broken_file_keeps_last_good_state() -> Result<()> {
     // Deleting the route file removes the route: the Service's default rule
     // sends traffic to front's own endpoints, of which there are none.
     mesh.remove("route.yaml")?;
-    wait_for("removed route to take effect", CONFIG_CHANGE_TIMEOUT, || {
+    wait_for("removed route to take effect", CHANGE_DEADLINE, || {
         let mut client = client.clone();
         async move {
             match client.unary(probe("x")).await {
