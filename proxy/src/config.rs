@@ -105,6 +105,14 @@ pub struct Args {
     #[arg(long, env = "STRAIT_RETRY_BUDGET_MIN_PER_SECOND", default_value_t = 10)]
     pub retry_budget_min_per_second: u64,
 
+    /// Longest gRPC request message (bytes, as its 5-byte length prefix claims) the
+    /// proxy forwards; a longer one is answered RESOURCE_EXHAUSTED by the proxy and never
+    /// reaches the destination. gRPC libraries accept 4 MiB by default and services
+    /// raise that to tens of MiB; 64 MiB leaves them room, while a prefix claiming up
+    /// to 4 GiB is refused at once. 4294967295 turns the limit off.
+    #[arg(long, env = "STRAIT_MAX_GRPC_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_grpc_message_bytes: u32,
+
     #[command(flatten)]
     pub h2: H2Limits,
 }
