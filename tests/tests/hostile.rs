@@ -313,10 +313,11 @@ async fn hpack_bomb_and_oversized_headers() -> Result<()> {
             buf.extend_from_slice(&frame(k, f | if last { flag::END_HEADERS } else { 0 }, 1, c));
         }
         conn.send(&buf).await?;
-        // The stream ends with a reset (after a 431 response, if any) or the
-        // connection with a GOAWAY.
+        // Refused with a 431 response, a reset, or a GOAWAY for the connection.
         let seen = conn
-            .wait_for(PATIENCE, |s| s.goaway.is_some() || s.rst_by_code.values().sum::<usize>() > 0 || s.closed)
+            .wait_for(PATIENCE, |s| {
+                s.status_431 > 0 || s.goaway.is_some() || s.rst_by_code.values().sum::<usize>() > 0 || s.closed
+            })
             .await;
         note(&format!("{label}: {} bytes of header block; {}", block.len(), answer(&seen)));
         let refused = seen.status_431 > 0 || seen.rst_by_code.values().sum::<usize>() > 0 || seen.goaway.is_some();
@@ -437,8 +438,8 @@ async fn zero_window_reader() -> Result<()> {
 // ---------------------------------------------------------------------------
 
 /// Idle-timeout closings counted by the proxy.
-async fn idle_closes(proxy: &ProxyProcess) -> Result<f64> {
-    Ok(proxy.metrics().await?.sum("strait_idle_connections_closed_total", &[]))
+async fn idle_closes(proxy: &ProxyProcess) -> Result<u64> {
+    Ok(proxy.metrics().await?.sum("strait_idle_connections_closed_total", &[]) as u64)
 }
 
 /// Slowloris, part 1: keep-alive alone (`--idle-timeout 0`: no idle closing). Peers
@@ -491,7 +492,7 @@ async fn slowloris_keep_alive() -> Result<()> {
     ensure!(silent_pinged == EACH, "silent peers closed without a keep-alive PING: {summary}");
     ensure!(answering_open == EACH, "keep-alive closed peers that answer PINGs: {summary}");
     ensure!(fewest_answered >= PINGS_ANSWERED, "keep-alive PINGs not seen by every answering peer: {summary}");
-    ensure!(idle == 0.0, "idle closing is off, yet {idle} connections were closed as idle");
+    ensure!(idle == 0, "idle closing is off, yet {idle} connections were closed as idle");
     t.finish("hostile_slowloris_keep_alive", EACH as u64, 0, &summary, SLOWLORIS_GROWTH_KIB).await
 }
 
@@ -539,7 +540,7 @@ async fn slowloris_idle_timeout() -> Result<()> {
     note(&format!("slowloris (idle timeout 2 s, no keep-alive): {summary}"));
     ensure!(closed == EACH, "idle peers left open: {summary}");
     ensure!(told == EACH, "idle peers closed without GOAWAY NO_ERROR: {summary}");
-    ensure!(idle >= EACH as f64, "{idle} idle closings counted for {EACH} idle peers");
+    ensure!(idle >= EACH as u64, "{idle} idle closings counted for {EACH} idle peers");
     ensure!(long_seen.headers >= 2, "the long stream did not end: {summary}");
     ensure!(long_seen.goaway.is_none() && !long_seen.closed, "open stream's connection closed as idle: {summary}");
     ensure!(long_seen.data_bytes > 0, "the long stream got no answers: {summary}");
