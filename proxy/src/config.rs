@@ -220,6 +220,10 @@ impl Args {
         if self.h2.max_control_frames_per_second == 0 {
             return Err(ConfigError::Zero("max-control-frames-per-second"));
         }
+        // Zero would refuse every non-empty gRPC message.
+        if self.max_grpc_message_bytes == 0 {
+            return Err(ConfigError::Zero("max-grpc-message-bytes"));
+        }
         let windows = [
             ("initial-stream-window-size", self.h2.initial_stream_window_size),
             ("initial-connection-window-size", self.h2.initial_connection_window_size),
@@ -286,6 +290,7 @@ mod tests {
             (vec!["--outbound-addr", "127.0.0.1:15000"], "must differ"),
             (vec!["--log-format", "xml"], "log-format"),
             (vec!["--max-concurrent-streams", "0"], "greater than zero"),
+            (vec!["--max-grpc-message-bytes", "0"], "max-grpc-message-bytes"),
             (vec!["--upstream-stream-window-size", "0"], "window range"),
             (vec!["--initial-connection-window-size", "2147483648"], "window range"),
         ];
