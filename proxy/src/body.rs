@@ -5,8 +5,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use tokio::sync::mpsc;
 
@@ -61,6 +61,9 @@ pin_project_lite::pin_project! {
         // INTERNAL), since the backend connection, not the call, failed.
         grpc: bool,
         finished: bool,
+        // Set when the proxy refused a request message: the upstream stream was reset
+        // for that, so the caller gets RESOURCE_EXHAUSTED rather than UNAVAILABLE.
+        refused: Option<RefusedMessage>,
     }
     impl<B> PinnedDrop for ObservedBody<B> {
         fn drop(this: Pin<&mut Self>) {
@@ -82,7 +85,14 @@ impl<B> ObservedBody<B> {
             on_complete: Some(on_complete),
             grpc: false,
             finished: false,
+            refused: None,
         }
+    }
+
+    /// Reports a request message the proxy refused (see [`RequestBody::limit_messages`]).
+    pub fn refused_request(mut self, refused: RefusedMessage) -> Self {
+        self.refused = Some(refused);
+        self
     }
 
     /// Marks the response as gRPC (see the `grpc` field).
@@ -92,9 +102,9 @@ impl<B> ObservedBody<B> {
     }
 }
 
-fn unavailable_trailers(message: &str) -> http::HeaderMap {
+fn error_trailers(code: grpc::Code, message: &str) -> http::HeaderMap {
     let mut t = http::HeaderMap::new();
-    t.insert("grpc-status", http::HeaderValue::from_static("14"));
+    t.insert("grpc-status", http::HeaderValue::from(code as u8 as u16));
     if let Ok(v) = http::HeaderValue::from_str(&grpc::percent_encode(message)) {
         t.insert("grpc-message", v);
     }
@@ -116,13 +126,20 @@ where
         }
         let polled = this.inner.poll_frame(cx).map(|o| o.map(|r| r.map_err(Into::<BoxError>::into)));
         if let (Poll::Ready(Some(Err(e))), true, None) = (&polled, *this.grpc, *this.grpc_status) {
-            let message = format!("upstream failed mid-stream: {e}");
+            let (code, message) = match this.refused.as_ref().and_then(|r| r.get()) {
+                Some(too_large) => (grpc::Code::ResourceExhausted, too_large.to_string()),
+                None => (grpc::Code::Unavailable, format!("upstream failed mid-stream: {e}")),
+            };
             *this.finished = true;
-            *this.grpc_status = Some(14);
+            *this.grpc_status = Some(code as u32);
             if let Some(f) = this.on_complete.take() {
-                f(Outcome { grpc_status: Some(14), response_messages: this.counter.messages, completed: true });
+                f(Outcome {
+                    grpc_status: Some(code as u32),
+                    response_messages: this.counter.messages,
+                    completed: true,
+                });
             }
-            return Poll::Ready(Some(Ok(Frame::trailers(unavailable_trailers(&message)))));
+            return Poll::Ready(Some(Ok(Frame::trailers(error_trailers(code, &message)))));
         }
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -169,6 +186,21 @@ where
 /// Frames copied to a mirror. Bounded: a slow mirror is cut off, never the caller.
 const MIRROR_QUEUE: usize = 64;
 
+/// A gRPC request message whose length prefix claims more than `--max-grpc-message-bytes`.
+/// The chunk carrying that prefix is not forwarded: the request body fails with this
+/// error, which resets the upstream stream, and the proxy answers RESOURCE_EXHAUSTED.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "gRPC request message of {claimed} bytes exceeds the proxy's limit of {limit} bytes (--max-grpc-message-bytes)"
+)]
+pub struct MessageTooLarge {
+    pub claimed: u32,
+    pub limit: u32,
+}
+
+/// Set once by a [`RequestBody`] that refused a message; read by whoever answers the caller.
+pub type RefusedMessage = Arc<OnceLock<MessageTooLarge>>;
+
 pin_project_lite::pin_project! {
     /// Request body that counts gRPC messages and optionally copies frames to mirrors.
     pub struct RequestBody<B> {
@@ -176,13 +208,24 @@ pin_project_lite::pin_project! {
         inner: B,
         counter: MessageCounter,
         messages: Arc<AtomicU32>,
+        // (limit, where a refusal is reported) when message lengths are limited.
+        limit: Option<(u32, RefusedMessage)>,
         mirrors: Vec<mpsc::Sender<Frame<Bytes>>>,
     }
 }
 
 impl<B> RequestBody<B> {
     pub fn new(inner: B, messages: Arc<AtomicU32>) -> Self {
-        RequestBody { inner, counter: MessageCounter::default(), messages, mirrors: Vec::new() }
+        RequestBody { inner, counter: MessageCounter::default(), messages, limit: None, mirrors: Vec::new() }
+    }
+
+    /// Fails the body (see [`MessageTooLarge`]) at the first message longer than
+    /// `limit` bytes, recording the refusal in `refused`. For gRPC bodies only: other
+    /// bodies have no length prefixes.
+    pub fn limit_messages(mut self, limit: u32, refused: RefusedMessage) -> Self {
+        self.counter = MessageCounter::with_limit(limit);
+        self.limit = Some((limit, refused));
+        self
     }
 
     /// A body that receives a copy of every frame of this one.
@@ -208,6 +251,12 @@ where
             if let Some(data) = frame.data_ref() {
                 this.counter.observe(data);
                 this.messages.store(this.counter.messages, Ordering::Relaxed);
+                if let (Some(claimed), Some((limit, refused))) = (this.counter.oversized, this.limit.as_ref()) {
+                    let too_large = MessageTooLarge { claimed, limit: *limit };
+                    let _ = refused.set(too_large);
+                    this.mirrors.clear();
+                    return Poll::Ready(Some(Err(Box::new(too_large))));
+                }
             }
             if !this.mirrors.is_empty() {
                 let copy = match frame.data_ref() {
@@ -330,6 +379,31 @@ mod tests {
         let copy = mirror.collect().await.expect("collect").to_bytes();
         assert_eq!(main, copy);
         assert_eq!(count.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn request_body_refuses_a_message_over_its_limit_before_forwarding_it() {
+        let frames: Frames = vec![Ok(Frame::data(grpc_frame(8))), Ok(Frame::data(grpc_frame(9)))];
+        let refused = RefusedMessage::default();
+        let mut body = RequestBody::new(StreamBody::new(tokio_stream_iter(frames)), Arc::new(AtomicU32::new(0)))
+            .limit_messages(8, refused.clone());
+        let first = body.frame().await.expect("a frame").expect("first message is within the limit");
+        assert_eq!(first.data_ref().map(Bytes::len), Some(13));
+        let err = body.frame().await.expect("a result").expect_err("second message is over the limit");
+        assert!(err.to_string().contains("9 bytes exceeds the proxy's limit of 8"), "{err}");
+        assert_eq!(refused.get(), Some(&MessageTooLarge { claimed: 9, limit: 8 }));
+    }
+
+    #[tokio::test]
+    async fn refused_request_turns_the_upstream_reset_into_resource_exhausted() {
+        let refused = RefusedMessage::default();
+        let _ = refused.set(MessageTooLarge { claimed: 9, limit: 8 });
+        let (body, seen) = recorded(vec![Ok(Frame::data(grpc_frame(3))), Err("stream reset: CANCEL".into())]);
+        let collected = body.grpc(true).refused_request(refused).collect().await.expect("ends cleanly");
+        let trailers = collected.trailers().expect("trailers");
+        assert_eq!(grpc::status_of(trailers), Some(8));
+        assert!(trailers["grpc-message"].to_str().expect("ascii").contains("--max-grpc-message-bytes"));
+        assert_eq!(seen.lock().expect("lock")[0].grpc_status, Some(8));
     }
 
     fn tokio_stream_iter<T>(items: Vec<T>) -> impl futures_lite_stream::Stream<Item = T> {

@@ -105,6 +105,14 @@ pub struct Args {
     #[arg(long, env = "STRAIT_RETRY_BUDGET_MIN_PER_SECOND", default_value_t = 10)]
     pub retry_budget_min_per_second: u64,
 
+    /// Longest gRPC request message (bytes, as its 5-byte length prefix claims) the
+    /// proxy forwards; a longer one is answered RESOURCE_EXHAUSTED by the proxy and never
+    /// reaches the destination. gRPC libraries accept 4 MiB by default and services
+    /// raise that to tens of MiB; 64 MiB leaves them room, while a prefix claiming up
+    /// to 4 GiB is refused at once. 4294967295 turns the limit off.
+    #[arg(long, env = "STRAIT_MAX_GRPC_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_grpc_message_bytes: u32,
+
     #[command(flatten)]
     pub h2: H2Limits,
 }
@@ -212,6 +220,10 @@ impl Args {
         if self.h2.max_control_frames_per_second == 0 {
             return Err(ConfigError::Zero("max-control-frames-per-second"));
         }
+        // Zero would refuse every non-empty gRPC message.
+        if self.max_grpc_message_bytes == 0 {
+            return Err(ConfigError::Zero("max-grpc-message-bytes"));
+        }
         let windows = [
             ("initial-stream-window-size", self.h2.initial_stream_window_size),
             ("initial-connection-window-size", self.h2.initial_connection_window_size),
@@ -278,6 +290,7 @@ mod tests {
             (vec!["--outbound-addr", "127.0.0.1:15000"], "must differ"),
             (vec!["--log-format", "xml"], "log-format"),
             (vec!["--max-concurrent-streams", "0"], "greater than zero"),
+            (vec!["--max-grpc-message-bytes", "0"], "max-grpc-message-bytes"),
             (vec!["--upstream-stream-window-size", "0"], "window range"),
             (vec!["--initial-connection-window-size", "2147483648"], "window range"),
         ];

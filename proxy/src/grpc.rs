@@ -120,10 +120,15 @@ pub fn parse_timeout(v: &HeaderValue) -> Option<Duration> {
 }
 
 /// Counts gRPC messages in a stream of DATA chunks (5-byte prefix: flag + u32 length),
-/// across chunk boundaries, without buffering.
+/// across chunk boundaries, without buffering. With a limit it also notes the first
+/// length prefix claiming more than the limit.
 #[derive(Debug, Default, Clone)]
 pub struct MessageCounter {
     pub messages: u32,
+    /// Longest message length accepted (None: any).
+    limit: Option<u32>,
+    /// The length claimed by the first prefix over `limit`.
+    pub oversized: Option<u32>,
     /// Bytes still to skip of the current message body.
     remaining: u64,
     /// Prefix bytes seen so far (0..5) of the next message.
@@ -132,6 +137,11 @@ pub struct MessageCounter {
 }
 
 impl MessageCounter {
+    /// A counter that flags messages longer than `limit` bytes.
+    pub fn with_limit(limit: u32) -> Self {
+        MessageCounter { limit: Some(limit), ..MessageCounter::default() }
+    }
+
     pub fn observe(&mut self, mut chunk: &[u8]) {
         while !chunk.is_empty() {
             if self.remaining > 0 {
@@ -147,8 +157,11 @@ impl MessageCounter {
             chunk = &chunk[take..];
             if self.prefix_len == 5 {
                 self.messages = self.messages.saturating_add(1);
-                self.remaining =
-                    u64::from(u32::from_be_bytes([self.prefix[1], self.prefix[2], self.prefix[3], self.prefix[4]]));
+                let length = u32::from_be_bytes([self.prefix[1], self.prefix[2], self.prefix[3], self.prefix[4]]);
+                if self.oversized.is_none() && self.limit.is_some_and(|limit| length > limit) {
+                    self.oversized = Some(length);
+                }
+                self.remaining = u64::from(length);
                 self.prefix_len = 0;
             }
         }
@@ -200,6 +213,30 @@ mod tests {
             }
             assert_eq!(c.messages, 3, "chunk size {chunk_size}");
         }
+    }
+
+    #[test]
+    fn message_counter_flags_the_first_prefix_over_its_limit() {
+        let mut stream = Vec::new();
+        for len in [10u32, 11, 12] {
+            stream.push(0u8);
+            stream.extend_from_slice(&len.to_be_bytes());
+            stream.extend(std::iter::repeat_n(7u8, len as usize));
+        }
+        for chunk_size in [1, 3, 5, stream.len()] {
+            let mut c = MessageCounter::with_limit(10);
+            for chunk in stream.chunks(chunk_size) {
+                c.observe(chunk);
+            }
+            assert_eq!(c.oversized, Some(11), "chunk size {chunk_size}");
+            assert_eq!(c.messages, 3);
+        }
+        let mut at_limit = MessageCounter::with_limit(12);
+        at_limit.observe(&stream);
+        assert_eq!(at_limit.oversized, None, "a message of exactly the limit is accepted");
+        let mut unlimited = MessageCounter::default();
+        unlimited.observe(&[0, 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(unlimited.oversized, None);
     }
 
     #[test]

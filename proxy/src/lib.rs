@@ -60,6 +60,7 @@ pub async fn run(args: config::Args) -> anyhow::Result<()> {
         inbound_app_addr: args.inbound_app_addr,
         retry_budget: retry::RetryBudget::new(args.retry_budget_ratio, args.retry_budget_min_per_second),
         route_metrics: telemetry::RouteMetricsCache::default(),
+        max_grpc_message_bytes: args.max_grpc_message_bytes,
     });
 
     // Bind everything first so a port conflict fails start-up, not a later request.

@@ -1,5 +1,5 @@
 //! The request path: route, filter, balance and forward one request.
-use crate::body::{self, CallerBody, ObservedBody, Outcome, ProxyBody, RequestBody};
+use crate::body::{self, CallerBody, ObservedBody, Outcome, ProxyBody, RefusedMessage, RequestBody};
 use crate::grpc::{self, Code};
 use crate::h2io::H2Body;
 use crate::pool::{MAX_CONNECT_ATTEMPTS, Pool, Upstream};
@@ -28,6 +28,8 @@ pub struct Proxy {
     pub inbound_app_addr: SocketAddr,
     pub retry_budget: crate::retry::RetryBudget,
     pub route_metrics: telemetry::RouteMetricsCache,
+    /// Longest gRPC request message forwarded (`--max-grpc-message-bytes`).
+    pub max_grpc_message_bytes: u32,
 }
 
 /// Why the proxy answered a request itself.
@@ -211,7 +213,8 @@ impl Proxy {
             return Ok(self.refused(Side::Outbound, is_grpc, call, refuse(Code::Internal, "bad_uri", uri_err)));
         }
         let request_messages = Arc::new(AtomicU32::new(0));
-        let mut body = RequestBody::new(incoming, request_messages.clone());
+        let refused_message = RefusedMessage::default();
+        let mut body = self.request_body(is_grpc, incoming, request_messages.clone(), &refused_message);
         for mirror in routed.rule.mirrors.iter().chain(backend.mirrors.iter()) {
             if mirror.should_mirror(fastrand::u32(..))
                 && let Some(set) = mirror.backend.endpoints()
@@ -234,10 +237,25 @@ impl Proxy {
                 if let Some(f) = &routed.backend().response_header_modifier {
                     f.apply(resp.headers_mut());
                 }
-                Ok(observe(resp, call, request_messages, guard))
+                Ok(observe(resp, call, request_messages, guard, refused_message))
             }
-            Err(refusal) => Ok(self.refused(Side::Outbound, is_grpc, call, refusal)),
+            Err(refusal) => {
+                Ok(self.refused(Side::Outbound, is_grpc, call, or_message_too_large(refusal, &refused_message)))
+            }
         }
+    }
+
+    /// The caller's request body, counted; a gRPC body also limited to
+    /// `--max-grpc-message-bytes` per message (a refusal lands in `refused`).
+    fn request_body<B>(
+        &self,
+        is_grpc: bool,
+        incoming: B,
+        messages: Arc<AtomicU32>,
+        refused: &RefusedMessage,
+    ) -> RequestBody<B> {
+        let body = RequestBody::new(incoming, messages);
+        if is_grpc { body.limit_messages(self.max_grpc_message_bytes, refused.clone()) } else { body }
     }
 
     /// Explicit inbound: everything goes to `--inbound-app-addr`.
@@ -272,10 +290,12 @@ impl Proxy {
         }
         let deadline = parts.headers.get(grpc::GRPC_TIMEOUT).and_then(grpc::parse_timeout);
         let request_messages = Arc::new(AtomicU32::new(0));
-        let req = Request::from_parts(parts, body::boxed(RequestBody::new(incoming, request_messages.clone())));
+        let refused_message = RefusedMessage::default();
+        let body = self.request_body(is_grpc, incoming, request_messages.clone(), &refused_message);
+        let req = Request::from_parts(parts, body::boxed(body));
         match self.forward(side, req, Destination::Address(addr), deadline).await {
-            Ok((resp, guard)) => Ok(observe(resp, call, request_messages, guard)),
-            Err(refusal) => Ok(self.refused(side, is_grpc, call, refusal)),
+            Ok((resp, guard)) => Ok(observe(resp, call, request_messages, guard, refused_message)),
+            Err(refusal) => Ok(self.refused(side, is_grpc, call, or_message_too_large(refusal, &refused_message))),
         }
     }
 
@@ -425,11 +445,21 @@ impl Proxy {
     }
 }
 
+/// A request cut because of an oversized message is answered for that reason
+/// (RESOURCE_EXHAUSTED), not for the upstream reset that cutting it caused.
+fn or_message_too_large(refusal: Refusal, refused: &RefusedMessage) -> Refusal {
+    match refused.get() {
+        Some(too_large) => refuse(Code::ResourceExhausted, "message_too_large", too_large.to_string()),
+        None => refusal,
+    }
+}
+
 fn observe(
     resp: Response<H2Body>,
     call: CallMetrics,
     request_messages: Arc<AtomicU32>,
     guard: crate::pool::PendingGuard,
+    refused_message: RefusedMessage,
 ) -> Response<ProxyBody> {
     let headers_status = grpc::status_of(resp.headers());
     let is_grpc = grpc::is_grpc(resp.headers());
@@ -442,7 +472,8 @@ fn observe(
             call.finish(outcome, request_messages.load(Ordering::Relaxed));
         }),
     )
-    .grpc(is_grpc);
+    .grpc(is_grpc)
+    .refused_request(refused_message);
     Response::from_parts(parts, body::boxed(body))
 }
 

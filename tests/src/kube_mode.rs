@@ -8,7 +8,8 @@
 //! - [`TestNet`]: the API server rejects loopback addresses in EndpointSlices, so
 //!   backends listen on the root-side address of a veth pair whose peer lives in a
 //!   network namespace the test creates (and deletes on drop, also on panic). Needs
-//!   root; [`skip_unless_root`] prints a loud `SKIPPED:` otherwise.
+//!   root; [`skip_unless_root`] prints a loud `SKIPPED:` otherwise (a failure with
+//!   `STRAIT_REQUIRE_ROOT=1`).
 //! - [`NetBackend`]: a demo gRPC backend on such an address.
 //! - [`ControllerProcess`]: the `strait-controller` binary as a child process.
 //! - [`Traffic`]: paced, bounded OrderService calls through the proxy from a few
@@ -47,31 +48,96 @@ pub const CONTROLLER_NAME: &str = "strait.io/gamma-controller";
 // Root check
 // ---------------------------------------------------------------------------
 
-/// Whether the tests run as root (`id -u` is 0).
+/// Environment variable that turns a root-only test's skip into a failure. `.ci/run`
+/// sets it to `1`: there a skipped root-only test must not count as passed.
+pub const REQUIRE_ROOT_ENV: &str = "STRAIT_REQUIRE_ROOT";
+
+/// The effective user id of this process (the `Uid:` line of `/proc/self/status`).
+fn effective_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// Whether the tests run as root (effective uid 0).
 pub fn is_root() -> bool {
-    std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
+    effective_uid() == Some(0)
+}
+
+/// Whether [`REQUIRE_ROOT_ENV`] is set to `1`.
+pub fn root_required() -> bool {
+    std::env::var(REQUIRE_ROOT_ENV).is_ok_and(|v| v.trim() == "1")
+}
+
+/// What a root-only test does: run, skip with a banner, or fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootCheck {
+    Run,
+    Skip,
+    Fail,
+}
+
+impl RootCheck {
+    pub fn decide(root: bool, required: bool) -> Self {
+        match (root, required) {
+            (true, _) => RootCheck::Run,
+            (false, false) => RootCheck::Skip,
+            (false, true) => RootCheck::Fail,
+        }
+    }
 }
 
 /// True when the test may run; otherwise prints a loud `SKIPPED:` line naming
-/// `test` (creating network namespaces and veths needs root).
+/// `test` (creating network namespaces and veths needs root). With
+/// `STRAIT_REQUIRE_ROOT=1` (CI) a non-root run fails the test instead.
 pub fn skip_unless_root(test: &str) -> bool {
-    if is_root() {
-        return true;
+    skip_unless_root_because(
+        test,
+        "ip netns / veth for non-loopback backend\naddresses, which the API server requires in EndpointSlices",
+    )
+}
+
+/// [`skip_unless_root`] with the reason the test needs root.
+pub fn skip_unless_root_because(test: &str, needs: &str) -> bool {
+    match RootCheck::decide(is_root(), root_required()) {
+        RootCheck::Run => true,
+        RootCheck::Fail => panic!(
+            "{test}: needs root ({}) but runs as uid {}, and {REQUIRE_ROOT_ENV}=1 forbids skipping it: run the \
+             end-to-end tests as root, or unset {REQUIRE_ROOT_ENV} to let root-only tests skip",
+            needs.replace('\n', " "),
+            effective_uid().map_or_else(|| "unknown".to_owned(), |u| u.to_string()),
+        ),
+        RootCheck::Skip => {
+            // Straight to the stderr handle: libtest captures `eprintln!`, and a skip
+            // must be seen even when the test "passes".
+            let msg = format!(
+                "\n************************************************************************\n\
+                 SKIPPED: {test}: needs root ({needs}); run as root.\n\
+                 (Set {REQUIRE_ROOT_ENV}=1 to make this skip a failure, as CI does.)\n\
+                 ************************************************************************\n"
+            );
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), msg.as_bytes());
+            false
+        }
     }
-    // Straight to the stderr handle: libtest captures `eprintln!`, and a skip must be
-    // seen even when the test "passes".
-    let msg = format!(
-        "\n************************************************************************\n\
-         SKIPPED: {test}: needs root (ip netns / veth for non-loopback backend\n\
-         addresses, which the API server requires in EndpointSlices); run as root.\n\
-         ************************************************************************\n"
-    );
-    let _ = std::io::Write::write_all(&mut std::io::stderr(), msg.as_bytes());
-    false
+}
+
+#[cfg(test)]
+mod root_check_tests {
+    use super::*;
+
+    #[test]
+    fn skip_becomes_failure_only_when_required() {
+        assert_eq!(RootCheck::decide(true, false), RootCheck::Run);
+        assert_eq!(RootCheck::decide(true, true), RootCheck::Run);
+        assert_eq!(RootCheck::decide(false, false), RootCheck::Skip);
+        assert_eq!(RootCheck::decide(false, true), RootCheck::Fail);
+    }
+
+    #[test]
+    fn effective_uid_is_read() {
+        assert!(effective_uid().is_some(), "no Uid line in /proc/self/status");
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -46,11 +46,15 @@ pub use strait_demo::{Answer, BackendHandle, Probe, channel_via_proxy, endpoint_
 pub const NS: &str = "app";
 /// Service port used by every example Service (port name `grpc`).
 pub const PORT: u16 = 50051;
-/// How long a proxy may take to report `/ready`.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a proxy may take to report `/ready`. A deadline, not a delay: waits end
+/// as soon as the proxy is ready, so it is generous for a machine busy with
+/// something else.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Upper bound for waiting on the proxy to pick up a config change (it polls
-/// every 250 ms; this leaves ample room on a loaded CI machine).
-pub const CONFIG_CHANGE_TIMEOUT: Duration = Duration::from_secs(5);
+/// every 250 ms; a deadline that is met early, generous for a loaded machine).
+pub const CONFIG_CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long [`ProxyProcess::wait_exit`] waits for the process to exit.
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Backend Services of the example manifests; one demo backend each, named
 /// like its Service.
@@ -351,11 +355,11 @@ impl ProxyProcess {
         Ok(self.child.try_wait()?)
     }
 
-    /// Waits (at most 20 s) for the process to exit.
+    /// Waits (at most [`EXIT_TIMEOUT`]) for the process to exit.
     pub async fn wait_exit(&mut self) -> Result<ExitStatus> {
-        match tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await {
+        match tokio::time::timeout(EXIT_TIMEOUT, self.child.wait()).await {
             Ok(status) => Ok(status?),
-            Err(_) => bail!("proxy did not exit within 20s; stderr tail:\n{}", self.log_tail(30)),
+            Err(_) => bail!("proxy did not exit within {EXIT_TIMEOUT:?}; stderr tail:\n{}", self.log_tail(30)),
         }
     }
 }

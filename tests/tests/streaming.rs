@@ -82,9 +82,9 @@ async fn bidi_stream_is_interleaved_without_buffering() -> Result<()> {
     tx.send(probe("m-0")).await?;
     let mut responses = client.bidi_stream(ReceiverStream::new(rx)).await?.into_inner();
     for i in 0..50u32 {
-        let answer = tokio::time::timeout(Duration::from_secs(5), responses.message())
+        let answer = tokio::time::timeout(Duration::from_secs(30), responses.message())
             .await
-            .map_err(|_| anyhow::anyhow!("no answer to message {i} within 5s: the stream is being buffered"))??
+            .map_err(|_| anyhow::anyhow!("no answer to message {i} within 30 s: the stream is being buffered"))??
             .ok_or_else(|| anyhow::anyhow!("stream ended after {i} answers"))?;
         assert_eq!(answer.seq, i);
         assert_eq!(answer.payload, format!("m-{i}"));
@@ -142,31 +142,28 @@ async fn error_status_in_trailers_propagates() -> Result<()> {
 
 /// `grpc-timeout` is enforced by the proxy. The call goes over a raw HTTP/2
 /// transport: tonic's own Channel would expire the deadline client-side and
-/// report `Cancelled`, hiding what the proxy answered.
+/// report `Cancelled`, hiding what the proxy answered. The proxy's metrics record
+/// the call as `DeadlineExceeded` too: the status is the proxy's, not the client's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_timeout_yields_deadline_exceeded() -> Result<()> {
+    // The backend would answer after 60 s; the deadline is 200 ms. The elapsed-time
+    // bound below is half the backend's delay, so only a proxy that waited for the
+    // backend fails it, however busy the machine.
+    const BACKEND_DELAY: Duration = Duration::from_secs(60);
     let (_mesh, proxy) = echo_mesh().await?;
     let mut client = EchoClient::new(raw_h2(proxy.outbound_addr(), &authority(ECHO, NS)).await?);
-    let mut req = Request::new(Probe { delay_ms: 2000, ..probe("slow") });
+    let mut req = Request::new(Probe { delay_ms: BACKEND_DELAY.as_millis() as u32, ..probe("slow") });
     req.set_timeout(Duration::from_millis(200));
     let started = Instant::now();
     let status = client.unary(req).await.expect_err("call must time out");
     let elapsed = started.elapsed();
+    println!("grpc-timeout 200ms: {status:?} after {elapsed:?}");
     assert_eq!(status.code(), Code::DeadlineExceeded, "status: {status:?}");
-    assert!(elapsed < Duration::from_millis(1500), "deadline answered after {elapsed:?}, not ~200ms");
-
-    // Also through a regular tonic channel: the caller gets its answer at the
-    // deadline, not after the backend's 2 s.
-    let mut client = EchoClient::new(proxy.channel(&authority(ECHO, NS)).await?);
-    let mut req = Request::new(Probe { delay_ms: 2000, ..probe("slow") });
-    req.set_timeout(Duration::from_millis(200));
-    let started = Instant::now();
-    let status = client.unary(req).await.expect_err("call must time out");
-    assert!(
-        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
-        "tonic reports an expired deadline as DeadlineExceeded (proxy) or Cancelled (client-side): {status:?}"
-    );
-    assert!(started.elapsed() < Duration::from_millis(1500));
+    assert!(status.message().contains("grpc-timeout"), "not the proxy's deadline message: {status:?}");
+    assert!(elapsed < BACKEND_DELAY / 2, "deadline answered after {elapsed:?}: the proxy waited for the backend");
+    let m = proxy.metrics().await?;
+    let labels = [("grpc_method", "Unary"), ("grpc_code", "DeadlineExceeded")];
+    assert_eq!(m.sum("grpc_client_handled_total", &labels), 1.0, "the proxy did not record DeadlineExceeded");
     Ok(())
 }
 
