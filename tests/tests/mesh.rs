@@ -598,6 +598,15 @@ async fn dual_stack_pods_mesh_ipv6_in_and_out() -> Result<()> {
         let (code, body) = strait_e2e::http1_get(std::net::SocketAddr::new(v6.into(), 15020), path).await?;
         assert_eq!(code, 200, "GET [{v6}]:15020{path}: {body}");
     }
+    // Re-running strait-init as injected leaves one copy of the IPv6 rules too.
+    let before = normalize_save(&client.ip6_nat_table(false)?);
+    let (status, log) = client.rerun_init_container("strait-init").await?;
+    assert!(status.success(), "second strait-init run failed ({status}):\n{log}");
+    let after = normalize_save(&client.ip6_nat_table(false)?);
+    assert_eq!(before, after, "ip6tables nat table changed by a second strait-init run");
+    for jump in ["-j STRAIT_INBOUND", "-j STRAIT_OUTPUT"] {
+        assert_eq!(after.lines().filter(|l| l.ends_with(jump)).count(), 1, "{jump} in\n{after}");
+    }
     // IPv4 still works alongside.
     let grpc4 = calls(&client, &at(v4, 8080), &["--call", "echo/Unary", "--count", "2"]).await?;
     only_backend(&grpc4, "dual-server-0", "gRPC to the IPv4 pod IP");
