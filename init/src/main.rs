@@ -5,7 +5,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use strait_init::{Mode, apply, has_ipv6, remove, resolve_mode};
+use strait_init::{Mode, apply, families, has_ipv6, remove, resolve_mode};
 use strait_iptables::{Family, Redirect, parse_cidrs, parse_ports};
 
 #[derive(Parser)]
@@ -56,12 +56,7 @@ fn run() -> anyhow::Result<()> {
         skip_outbound_cidrs: parse_cidrs(&args.skip_outbound_cidrs).context("--skip-outbound-cidrs")?,
     };
     redirect.validate()?;
-    let v6 = match args.ipv6.as_str() {
-        "on" => true,
-        "off" => false,
-        _ => has_ipv6(),
-    };
-    let families: Vec<Family> = if v6 { vec![Family::V4, Family::V6] } else { vec![Family::V4] };
+    let families: Vec<Family> = families(&args.ipv6, has_ipv6);
     if args.dry_run {
         for f in &families {
             print!("{}", strait_iptables::install(&redirect, *f, &strait_iptables::Existing::default()));

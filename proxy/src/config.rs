@@ -23,13 +23,16 @@ pub struct Args {
     #[arg(long, env = "STRAIT_ENDPOINT_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
     pub endpoint_idle_timeout: Duration,
 
-    /// Where the pod's outbound traffic arrives (h2c; the destination is `:authority`).
-    #[arg(long, env = "STRAIT_OUTBOUND_ADDR", default_value = "127.0.0.1:15001")]
-    pub outbound_addr: SocketAddr,
+    /// Where the pod's outbound traffic arrives (h2c; the destination is `:authority`):
+    /// comma-separated addresses, one socket each. The IPv6 loopback is where ip6tables
+    /// redirects IPv6 connections; in a pod without IPv6 it is skipped with a warning.
+    #[arg(long, env = "STRAIT_OUTBOUND_ADDR", value_delimiter = ',', default_value = "127.0.0.1:15001,[::1]:15001")]
+    pub outbound_addr: Vec<SocketAddr>,
 
-    /// Where the pod's inbound traffic arrives.
-    #[arg(long, env = "STRAIT_INBOUND_ADDR", default_value = "0.0.0.0:15006")]
-    pub inbound_addr: SocketAddr,
+    /// Where the pod's inbound traffic arrives: comma-separated addresses, one socket
+    /// each (`[::]` only takes IPv6; skipped with a warning in a pod without IPv6).
+    #[arg(long, env = "STRAIT_INBOUND_ADDR", value_delimiter = ',', default_value = "0.0.0.0:15006,[::]:15006")]
+    pub inbound_addr: Vec<SocketAddr>,
 
     /// The application inbound traffic is forwarded to.
     #[arg(long, env = "STRAIT_INBOUND_APP_ADDR", default_value = "127.0.0.1:8080")]
@@ -41,9 +44,11 @@ pub struct Args {
     pub admin_addr: SocketAddr,
 
     /// Optional listener serving only /ready, /live and /metrics, e.g. on the pod IP for
-    /// kubelet probes and Prometheus.
-    #[arg(long, env = "STRAIT_PROBE_ADDR")]
-    pub probe_addr: Option<SocketAddr>,
+    /// kubelet probes and Prometheus: comma-separated addresses, e.g.
+    /// `0.0.0.0:15020,[::]:15020` (the kubelet probes the pod's primary IP, which is IPv6
+    /// in an IPv6-primary pod).
+    #[arg(long, env = "STRAIT_PROBE_ADDR", value_delimiter = ',')]
+    pub probe_addr: Vec<SocketAddr>,
 
     /// The pod's namespace: relative authorities resolve here and consumer routes of this
     /// namespace apply.
@@ -171,6 +176,8 @@ pub enum ConfigError {
     ConfigDir(String),
     #[error("--{flag} and --{other} must differ (both {addr})")]
     SameAddr { flag: &'static str, other: &'static str, addr: SocketAddr },
+    #[error("--{0} needs at least one address")]
+    NoAddr(&'static str),
     #[error("--namespace {0:?} is not a valid Kubernetes namespace name")]
     Namespace(String),
     #[error("--log-format must be plain or json, not {0:?}")]
@@ -191,11 +198,16 @@ impl Args {
         {
             return Err(ConfigError::ConfigDir(dir.display().to_string()));
         }
-        let addrs = [
-            ("outbound-addr", self.outbound_addr),
-            ("inbound-addr", self.inbound_addr),
-            ("admin-addr", self.admin_addr),
-        ];
+        if self.outbound_addr.is_empty() {
+            return Err(ConfigError::NoAddr("outbound-addr"));
+        }
+        if self.inbound_addr.is_empty() {
+            return Err(ConfigError::NoAddr("inbound-addr"));
+        }
+        let addrs: Vec<(&'static str, SocketAddr)> = (self.outbound_addr.iter().map(|a| ("outbound-addr", *a)))
+            .chain(self.inbound_addr.iter().map(|a| ("inbound-addr", *a)))
+            .chain([("admin-addr", self.admin_addr)])
+            .collect();
         for (i, (flag, addr)) in addrs.iter().enumerate() {
             for (other, addr2) in &addrs[i + 1..] {
                 if addr == addr2 && addr.port() != 0 {
@@ -283,11 +295,27 @@ mod tests {
     }
 
     #[test]
+    fn listeners_default_to_both_families() {
+        let a = args(&[]).expect("parses");
+        let addrs = |v: &[&str]| v.iter().map(|s| s.parse::<SocketAddr>().expect("addr")).collect::<Vec<_>>();
+        assert_eq!(a.outbound_addr, addrs(&["127.0.0.1:15001", "[::1]:15001"]));
+        assert_eq!(a.inbound_addr, addrs(&["0.0.0.0:15006", "[::]:15006"]));
+        assert!(a.probe_addr.is_empty(), "no probe listener unless asked for");
+        // The injector's form: one comma-separated value.
+        let a =
+            args(&["--probe-addr", "0.0.0.0:15020,[::]:15020", "--inbound-addr", "10.0.0.5:15006"]).expect("parses");
+        assert_eq!(a.probe_addr, addrs(&["0.0.0.0:15020", "[::]:15020"]));
+        assert_eq!(a.inbound_addr, addrs(&["10.0.0.5:15006"]), "an explicit list replaces the default");
+        assert!(args(&["--inbound-addr", "0.0.0.0:15006,[::]"]).is_err(), "every element must be an address");
+    }
+
+    #[test]
     fn validation() {
         assert_eq!(args(&["--namespace", "app"]).map(|a| a.validate()).ok(), Some(Ok(())));
         let bad = [
             (vec!["--namespace", "Bad_NS"], "namespace"),
             (vec!["--outbound-addr", "127.0.0.1:15000"], "must differ"),
+            (vec!["--outbound-addr", "127.0.0.1:15001,[::]:15006"], "must differ"),
             (vec!["--log-format", "xml"], "log-format"),
             (vec!["--max-concurrent-streams", "0"], "greater than zero"),
             (vec!["--max-grpc-message-bytes", "0"], "max-grpc-message-bytes"),

@@ -17,6 +17,7 @@ pub mod h2io;
 pub mod heap;
 pub mod histogram;
 pub mod kube_source;
+pub mod listen;
 pub mod pool;
 pub mod proxy;
 pub mod read_turns;
@@ -64,21 +65,16 @@ pub async fn run(args: config::Args) -> anyhow::Result<()> {
     });
 
     // Bind everything first so a port conflict fails start-up, not a later request.
-    let outbound = TcpListener::bind(args.outbound_addr)
-        .await
-        .with_context(|| format!("binding --outbound-addr {}", args.outbound_addr))?;
-    let inbound = TcpListener::bind(args.inbound_addr)
-        .await
-        .with_context(|| format!("binding --inbound-addr {}", args.inbound_addr))?;
+    // Outbound, inbound and probe listen on both families (see `listen`).
+    let outbound = listen::bind_all("outbound-addr", &args.outbound_addr)?;
+    let inbound = listen::bind_all("inbound-addr", &args.inbound_addr)?;
     let admin = TcpListener::bind(args.admin_addr)
         .await
         .with_context(|| format!("binding --admin-addr {}", args.admin_addr))?;
-    let probe = match args.probe_addr {
-        Some(a) => Some(TcpListener::bind(a).await.with_context(|| format!("binding --probe-addr {a}"))?),
-        None => None,
-    };
+    let probe = if args.probe_addr.is_empty() { Vec::new() } else { listen::bind_all("probe-addr", &args.probe_addr)? };
     tracing::info!(
-        outbound = %outbound.local_addr()?, inbound = %inbound.local_addr()?, admin = %admin.local_addr()?,
+        outbound = %listen::local_addrs(&outbound), inbound = %listen::local_addrs(&inbound),
+        admin = %admin.local_addr()?, probe = %listen::local_addrs(&probe),
         namespace = %args.namespace,
         source = %args.config_dir.as_ref().map_or_else(|| "kubernetes".to_owned(), |d| d.display().to_string()),
         "strait-proxy listening"
@@ -113,8 +109,8 @@ pub async fn run(args: config::Args) -> anyhow::Result<()> {
             tracing::error!(error = %e, "admin server failed");
         }
     });
-    if let Some(probe) = probe {
-        let router = admin::probe_router(admin_state);
+    for probe in probe {
+        let router = admin::probe_router(admin_state.clone());
         let mut probe_stop = stop_rx.clone();
         tokio::spawn(async move {
             let serve = axum::serve(probe, router).with_graceful_shutdown(async move {
@@ -126,46 +122,50 @@ pub async fn run(args: config::Args) -> anyhow::Result<()> {
         });
     }
 
-    let (outbound_task, inbound_task) = if args.transparent {
+    // One task per socket; each drains its own connections on shutdown.
+    let mut tasks = Vec::new();
+    if args.transparent {
         let t = transparent::Transparent::new(
             proxy.clone(),
             args.h2.clone(),
             args.opaque_ports.iter().copied().collect(),
             args.detect_timeout,
         );
-        (
-            tokio::spawn(t.clone().serve(telemetry::Side::Outbound, outbound, stop_rx.clone(), args.drain_timeout)),
-            tokio::spawn(t.serve(telemetry::Side::Inbound, inbound, stop_rx.clone(), args.drain_timeout)),
-        )
+        let sides = outbound.into_iter().map(|l| (telemetry::Side::Outbound, l));
+        for (side, listener) in sides.chain(inbound.into_iter().map(|l| (telemetry::Side::Inbound, l))) {
+            tasks.push(tokio::spawn(t.clone().serve(side, listener, stop_rx.clone(), args.drain_timeout)));
+        }
     } else {
-        let out_proxy = proxy.clone();
-        let in_proxy = proxy.clone();
-        (
-            tokio::spawn(server::serve_h2(
+        for listener in outbound {
+            let out_proxy = proxy.clone();
+            tasks.push(tokio::spawn(server::serve_h2(
                 "outbound",
-                outbound,
+                listener,
                 args.h2.clone(),
                 // Boxed: hyper spawns one task per stream holding this future; a pointer
                 // instead of the whole future saves a large memcpy per request.
                 move |req| Box::pin(out_proxy.clone().outbound(req)),
                 stop_rx.clone(),
                 args.drain_timeout,
-            )),
-            tokio::spawn(server::serve_h2(
+            )));
+        }
+        for listener in inbound {
+            let in_proxy = proxy.clone();
+            tasks.push(tokio::spawn(server::serve_h2(
                 "inbound",
-                inbound,
+                listener,
                 args.h2.clone(),
                 move |req| Box::pin(in_proxy.clone().inbound(req)),
                 stop_rx.clone(),
                 args.drain_timeout,
-            )),
-        )
-    };
+            )));
+        }
+    }
 
     shutdown_signal().await?;
     tracing::info!("shutdown signal received: refusing new connections, draining");
     let _ = stop_tx.send(true);
-    let _ = tokio::join!(outbound_task, inbound_task);
+    futures::future::join_all(tasks).await;
     tracing::info!("strait-proxy stopped");
     Ok(())
 }

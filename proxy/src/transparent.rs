@@ -11,9 +11,16 @@
 //!   or a port listed as opaque → plain TCP to an endpoint of the Service (or to the
 //!   original destination).
 //!
-//! Inbound connections go to the application at their original destination.
-//! Connections made straight to the proxy's port (no redirection) are served as in
-//! explicit mode, so both modes share one listener.
+//! Inbound connections go to the application at their original destination, and only
+//! there: a connection whose original destination is the inbound listener's own port
+//! (`podIP:15006` from another pod is redirected to itself) or that was not redirected
+//! at all is refused, so no peer can reach `--inbound-app-addr` (or anything else bound
+//! to loopback) through the sidecar.
+//! Outbound connections made straight to the proxy's port (no redirection) are served
+//! as in explicit mode, so both modes share the outbound listener.
+//!
+//! IPv4 and IPv6 arrive on separate sockets (see `listen`), so each connection's
+//! original destination is asked of its own family's conntrack option.
 use crate::body::{self, ProxyBody};
 use crate::config::H2Limits;
 use crate::proxy::{OutboundTarget, Proxy};
@@ -93,20 +100,59 @@ pub async fn detect(tcp: &TcpStream, timeout: Duration) -> Protocol {
     }
 }
 
+/// The destination conntrack recorded for the connection before any NAT:
+/// `SO_ORIGINAL_DST` on an IPv4 socket, `IP6T_SO_ORIGINAL_DST` on an IPv6 one. For a
+/// connection nobody redirected this is the socket's own address; `None` when conntrack
+/// does not track it.
+pub fn conntrack_original_dst(tcp: &TcpStream) -> Option<SocketAddr> {
+    use nix::sys::socket::{getsockopt, sockopt};
+    let local = tcp.local_addr().ok()?;
+    // An IPv4-mapped local address would mean an IPv4 connection on an IPv6 socket,
+    // which only SO_ORIGINAL_DST knows; the listeners set IPV6_V6ONLY so it never is.
+    if local.is_ipv4() {
+        let sin = getsockopt(tcp, sockopt::OriginalDst).ok()?;
+        Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))), u16::from_be(sin.sin_port)))
+    } else {
+        let sin6 = getsockopt(tcp, sockopt::Ip6tOriginalDst).ok()?;
+        Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)), u16::from_be(sin6.sin6_port)))
+    }
+}
+
 /// The destination the application dialled before iptables redirected it; `None` when
 /// the connection was not redirected.
 pub fn original_dst(tcp: &TcpStream) -> Option<SocketAddr> {
-    use nix::sys::socket::{getsockopt, sockopt};
     let local = tcp.local_addr().ok()?;
-    let orig = if local.is_ipv4() {
-        let sin = getsockopt(tcp, sockopt::OriginalDst).ok()?;
-        SocketAddr::new(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))), u16::from_be(sin.sin_port))
-    } else {
-        let sin6 = getsockopt(tcp, sockopt::Ip6tOriginalDst).ok()?;
-        SocketAddr::new(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)), u16::from_be(sin6.sin6_port))
-    };
-    // Conntrack reports the socket's own address for connections nobody redirected.
-    if orig == local { None } else { Some(orig) }
+    redirected(conntrack_original_dst(tcp), local)
+}
+
+/// `Some(original)` when conntrack's original destination differs from the socket's
+/// own address, i.e. NAT redirected the connection here.
+fn redirected(original: Option<SocketAddr>, local: SocketAddr) -> Option<SocketAddr> {
+    original.filter(|o| *o != local)
+}
+
+/// Why an inbound connection is refused rather than forwarded to the app.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InboundRefusal {
+    /// Conntrack has no original destination: nothing says which app port was meant.
+    Untracked,
+    /// The original destination is the inbound listener's own port: a peer dialled
+    /// `podIP:15006`, which PREROUTING redirects to itself, or dialled it with no
+    /// redirection at all. Serving it would hand the peer an app address it never
+    /// named (`--inbound-app-addr`, typically a loopback-only server).
+    ProxyPort,
+}
+
+/// Where an inbound connection in transparent mode may go: the app at its original
+/// destination, and nothing else.
+pub fn inbound_destination(original: Option<SocketAddr>, local: SocketAddr) -> Result<SocketAddr, InboundRefusal> {
+    let original = original.ok_or(InboundRefusal::Untracked)?;
+    // Compared by port, not address: the redirect rewrites the destination to the
+    // receiving interface's address, so a self-redirect need not match `local` exactly.
+    if original.port() == local.port() {
+        return Err(InboundRefusal::ProxyPort);
+    }
+    Ok(original)
 }
 
 pub struct Transparent {
@@ -159,14 +205,26 @@ impl Transparent {
     }
 
     async fn handle(self: Arc<Self>, side: Side, tcp: TcpStream, peer: SocketAddr, conns: &Connections) {
-        let Some(dst) = original_dst(&tcp) else {
-            // Not redirected: someone dialled the proxy's port itself (explicit mode).
-            let proxy = self.proxy.clone();
-            match side {
-                Side::Outbound => self.serve_h2(tcp, conns, move |req| Box::pin(proxy.clone().outbound(req))),
-                Side::Inbound => self.serve_h2(tcp, conns, move |req| Box::pin(proxy.clone().inbound(req))),
-            }
-            return;
+        let Ok(local) = tcp.local_addr() else { return };
+        let dst = match side {
+            Side::Outbound => match original_dst(&tcp) {
+                Some(dst) => dst,
+                None => {
+                    // Not redirected: the app dialled the outbound port itself (explicit mode).
+                    let proxy = self.proxy.clone();
+                    self.serve_h2(tcp, conns, move |req| Box::pin(proxy.clone().outbound(req)));
+                    return;
+                }
+            },
+            Side::Inbound => match inbound_destination(conntrack_original_dst(&tcp), local) {
+                Ok(dst) => dst,
+                Err(reason) => {
+                    // Dropped unread: debug, not warn, so a peer cannot flood the log.
+                    tracing::debug!(%peer, %local, ?reason, "inbound connection refused");
+                    metrics::counter!("strait_inbound_refused_total").increment(1);
+                    return;
+                }
+            },
         };
         let protocol = if self.opaque_ports.contains(&dst.port()) {
             Protocol::Opaque
@@ -345,10 +403,47 @@ mod tests {
 
     #[tokio::test]
     async fn unredirected_connection_has_no_original_dst() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let _client = TcpStream::connect(addr).await.expect("connect");
-        let (server, _) = listener.accept().await.expect("accept");
-        assert_eq!(original_dst(&server), None);
+        for bind in ["127.0.0.1:0", "[::1]:0"] {
+            let Ok(listener) = TcpListener::bind(bind).await else {
+                eprintln!("SKIPPED {bind}: not available here");
+                continue;
+            };
+            let addr = listener.local_addr().expect("addr");
+            let _client = TcpStream::connect(addr).await.expect("connect");
+            let (server, _) = listener.accept().await.expect("accept");
+            assert_eq!(original_dst(&server), None, "{bind}");
+            // Conntrack, when it tracks loopback, reports the socket's own address, of
+            // the socket's family (IP6T_SO_ORIGINAL_DST on the IPv6 socket).
+            if let Some(orig) = conntrack_original_dst(&server) {
+                assert_eq!(orig, addr, "{bind}");
+            }
+        }
+    }
+
+    #[test]
+    fn redirection_is_a_changed_destination() {
+        let local: SocketAddr = "[fd52:5452:1::5]:15001".parse().expect("addr");
+        let app: SocketAddr = "[fd52:5452:1::7]:8080".parse().expect("addr");
+        assert_eq!(redirected(Some(app), local), Some(app));
+        assert_eq!(redirected(Some(local), local), None);
+        assert_eq!(redirected(None, local), None);
+    }
+
+    #[test]
+    fn inbound_goes_only_to_the_original_destination() {
+        let local: SocketAddr = "10.252.7.3:15006".parse().expect("addr");
+        let app: SocketAddr = "10.252.7.3:8080".parse().expect("addr");
+        assert_eq!(inbound_destination(Some(app), local), Ok(app));
+        // podIP:15006 from another pod: redirected to itself.
+        assert_eq!(inbound_destination(Some(local), local), Err(InboundRefusal::ProxyPort));
+        // The same port on another address of the pod (REDIRECT picks the interface's
+        // primary address) is still the proxy's port.
+        let other: SocketAddr = "10.252.7.99:15006".parse().expect("addr");
+        assert_eq!(inbound_destination(Some(other), local), Err(InboundRefusal::ProxyPort));
+        let local6: SocketAddr = "[fd52:5452:7::3]:15006".parse().expect("addr");
+        assert_eq!(inbound_destination(Some(local6), local6), Err(InboundRefusal::ProxyPort));
+        let app6: SocketAddr = "[fd52:5452:7::3]:7000".parse().expect("addr");
+        assert_eq!(inbound_destination(Some(app6), local6), Ok(app6));
+        assert_eq!(inbound_destination(None, local), Err(InboundRefusal::Untracked));
     }
 }

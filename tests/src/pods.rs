@@ -34,13 +34,24 @@
 //! ports' `targetPort` through the pod's named container ports. The harness calls it
 //! after every pod start, termination and removal.
 //!
+//! IPv6: the bridge also has `fd52:5452:<k>::1/64` (a unique-local prefix of the
+//! harness's own); [`MeshCluster::start_pod_on`] gives a pod IPv4 only (the default),
+//! both families ([`PodNetwork::DualStack`]: `podIPs` = [v4, v6], the kubelet probes
+//! the IPv4 one) or IPv6 only ([`PodNetwork::Ipv6Only`]: `podIP` is the IPv6 address,
+//! the kubelet probes `[podIP]:port`, and the sidecar reaches the API server through a
+//! second forwarder on `[fd52:5452:<k>::1]`). Addresses are added with `nodad`: duplicate
+//! address detection would leave them `tentative` (unusable, and skipped by ip6tables'
+//! REDIRECT) for a second or more. The test Services are IPv4 single-stack, so the
+//! EndpointSlice controller lists only pods with an IPv4 podIP; IPv6-only pods are
+//! called by pod IP.
+//!
 //! Everything the harness creates (bridge, veths, namespaces, processes) is removed on
 //! drop, also on panic; namespaces and links of test processes that no longer exist are
 //! removed on the next start. Test traffic only ever goes to addresses of namespaces and
 //! links the test created. Needs root ([`crate::kube_mode::skip_unless_root`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Output, Stdio};
 use std::sync::Mutex;
@@ -159,6 +170,7 @@ impl Bridge {
         let bridge = Bridge { name: name.clone(), subnet };
         ip(&["link", "add", &name, "type", "bridge"])?;
         ip(&["addr", "add", &format!("{}/24", bridge.gateway()), "dev", &name])?;
+        ip(&["addr", "add", &format!("{}/64", bridge.gateway6()), "dev", &name, "nodad"])?;
         ip(&["link", "set", &name, "up"])?;
         Ok(bridge)
     }
@@ -168,9 +180,28 @@ impl Bridge {
         Ipv4Addr::new(10, 252, self.subnet, 1)
     }
 
+    /// The bridge's IPv6 address: the IPv6 gateway and second forwarder's address.
+    pub fn gateway6(&self) -> Ipv6Addr {
+        self.ipv6(1)
+    }
+
+    /// `fd52:5452:<k>::<host>`: the harness's own unique-local /64 for this bridge.
+    fn ipv6(&self, host: u16) -> Ipv6Addr {
+        Ipv6Addr::new(0xfd52, 0x5452, u16::from(self.subnet), 0, 0, 0, 0, host)
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
+}
+
+/// Which addresses a pod gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodNetwork {
+    Ipv4Only,
+    /// IPv4 primary (the probed `podIP`), IPv6 second.
+    DualStack,
+    Ipv6Only,
 }
 
 impl Drop for Bridge {
@@ -186,7 +217,7 @@ struct Forwarder {
 }
 
 impl Forwarder {
-    async fn start(listen: Ipv4Addr, upstream: SocketAddr) -> Result<Self> {
+    async fn start(listen: IpAddr, upstream: SocketAddr) -> Result<Self> {
         let listener =
             tokio::net::TcpListener::bind((listen, 0)).await.with_context(|| format!("binding {listen}:0"))?;
         let addr = listener.local_addr()?;
@@ -223,15 +254,17 @@ impl Drop for Forwarder {
 
 /// Control plane + webhook + bridge + forwarder. Drop pods before it.
 pub struct MeshCluster {
-    // Dropped in this order: forwarder, webhook, control plane, files, bridge.
+    // Dropped in this order: forwarders, webhook, control plane, files, bridge.
     forwarder: Forwarder,
+    forwarder6: Forwarder,
     injector: InjectorProcess,
     client: Client,
     env: TestEnv,
     dir: tempfile::TempDir,
     bridge: Bridge,
     next_host: AtomicU32,
-    kubeconfigs: tokio::sync::Mutex<HashMap<(String, String), PathBuf>>,
+    /// By (namespace, ServiceAccount, API server over IPv6).
+    kubeconfigs: tokio::sync::Mutex<HashMap<(String, String, bool), PathBuf>>,
 }
 
 impl MeshCluster {
@@ -242,7 +275,7 @@ impl MeshCluster {
         let bridge = Bridge::create()?;
         let gateway = bridge.gateway();
         let env = TestEnv::start(TestEnvOptions {
-            extra_serving_ips: vec![IpAddr::V4(gateway)],
+            extra_serving_ips: vec![IpAddr::V4(gateway), IpAddr::V6(bridge.gateway6())],
             ..TestEnvOptions::default()
         })
         .await
@@ -254,7 +287,9 @@ impl MeshCluster {
             .next()
             .and_then(|p| p.parse().ok())
             .context("API server URL without a port")?;
-        let forwarder = Forwarder::start(gateway, SocketAddr::from((Ipv4Addr::LOCALHOST, api_port))).await?;
+        let api = SocketAddr::from((Ipv4Addr::LOCALHOST, api_port));
+        let forwarder = Forwarder::start(gateway.into(), api).await?;
+        let forwarder6 = Forwarder::start(bridge.gateway6().into(), api).await?;
         apply_deploy(&env)?;
         let injector = InjectorProcess::start(&env).await.context("starting the injection webhook")?;
         for ns in [APP_NS, CLIENT_NS] {
@@ -293,6 +328,7 @@ impl MeshCluster {
         );
         Ok(MeshCluster {
             forwarder,
+            forwarder6,
             injector,
             client,
             env,
@@ -337,10 +373,12 @@ impl MeshCluster {
 
     /// A kubeconfig (server: the forwarder on the bridge, CA and token inline, readable
     /// by the sidecar's UID) for ServiceAccount `ns/sa`.
-    async fn pod_kubeconfig(&self, ns: &str, sa: &str) -> Result<PathBuf> {
+    /// `over_ipv6`: through the IPv6 forwarder (for IPv6-only pods).
+    async fn pod_kubeconfig(&self, ns: &str, sa: &str, over_ipv6: bool) -> Result<PathBuf> {
         use base64::Engine;
         let mut cache = self.kubeconfigs.lock().await;
-        if let Some(p) = cache.get(&(ns.to_owned(), sa.to_owned())) {
+        let key = (ns.to_owned(), sa.to_owned(), over_ipv6);
+        if let Some(p) = cache.get(&key) {
             return Ok(p.clone());
         }
         let token = self.env.service_account_token(ns, sa).await?;
@@ -348,12 +386,12 @@ impl MeshCluster {
         let ca = base64::engine::general_purpose::STANDARD.encode(ca);
         let text = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://{server}\n    certificate-authority-data: {ca}\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u, namespace: {ns}}}\ncurrent-context: c\n",
-            server = self.forwarder.addr,
+            server = if over_ipv6 { self.forwarder6.addr } else { self.forwarder.addr },
         );
-        let path = self.dir.path().join(format!("kubeconfig-{ns}-{sa}"));
+        let path = self.dir.path().join(format!("kubeconfig-{ns}-{sa}{}", if over_ipv6 { "-v6" } else { "" }));
         std::fs::write(&path, text)?;
         set_mode(&path, 0o644)?;
-        cache.insert((ns.to_owned(), sa.to_owned()), path.clone());
+        cache.insert(key, path.clone());
         Ok(path)
     }
 
@@ -365,7 +403,12 @@ impl MeshCluster {
     /// default to [`NODE_NAME`] / `default`) through the API server — so through the
     /// webhook — and runs it like a kubelet (see the module docs). Returns once the app
     /// containers listen on their declared ports and the EndpointSlices list the pod.
-    pub async fn start_pod(&self, mut manifest: Value) -> Result<MeshPod> {
+    pub async fn start_pod(&self, manifest: Value) -> Result<MeshPod> {
+        self.start_pod_on(manifest, PodNetwork::Ipv4Only).await
+    }
+
+    /// [`Self::start_pod`] with the pod's addresses chosen by `network`.
+    pub async fn start_pod_on(&self, mut manifest: Value, network: PodNetwork) -> Result<MeshPod> {
         let started = Instant::now();
         let spec = manifest.get_mut("spec").context("pod manifest without spec")?;
         if spec.get("nodeName").is_none() {
@@ -378,18 +421,25 @@ impl MeshCluster {
         let name = manifest.pointer("/metadata/name").and_then(Value::as_str).context("pod without name")?.to_owned();
         let host = self.next_host.fetch_add(1, Ordering::Relaxed);
         ensure!(host < 255, "more than 253 pods on one bridge");
-        let pod_ip = Ipv4Addr::new(10, 252, self.bridge.subnet, host as u8);
-        let mut pod = MeshPod::create_netns(&ns, &name, pod_ip, &self.bridge)?;
+        let v4 = Ipv4Addr::new(10, 252, self.bridge.subnet, host as u8);
+        let v6 = self.bridge.ipv6(host as u16);
+        let (v4, v6) = match network {
+            PodNetwork::Ipv4Only => (Some(v4), None),
+            PodNetwork::DualStack => (Some(v4), Some(v6)),
+            PodNetwork::Ipv6Only => (None, Some(v6)),
+        };
+        let mut pod = MeshPod::create_netns(&ns, &name, v4, v6, &self.bridge)?;
+        let pod_ips = pod.pod_ips();
         pod.log_dir = self.dir.path().join(format!("{ns}-{name}"));
         std::fs::create_dir_all(&pod.log_dir)?;
 
         kubectl_ok(&self.env, &["apply", "-f", "-"], Some(&manifest.to_string()))
             .with_context(|| format!("creating pod {ns}/{name}"))?;
-        self.set_status(&ns, &name, pod_ip, false).await?;
+        self.set_status(&ns, &name, &pod_ips, false).await?;
         pod.spec = kubectl_json(&self.env, &["get", "pod", "-n", &ns, &name])?;
 
         let sa = pod.spec.pointer("/spec/serviceAccountName").and_then(Value::as_str).unwrap_or("default").to_owned();
-        let kubeconfig = self.pod_kubeconfig(&ns, &sa).await?;
+        let kubeconfig = self.pod_kubeconfig(&ns, &sa, network == PodNetwork::Ipv6Only).await?;
         let inits = pod.spec.pointer("/spec/initContainers").and_then(Value::as_array).cloned().unwrap_or_default();
         for c in &inits {
             let cname = c["name"].as_str().unwrap_or_default().to_owned();
@@ -417,21 +467,23 @@ impl MeshCluster {
                 pod.wait_listening(c).await?;
             }
         }
-        self.set_status(&ns, &name, pod_ip, true).await?;
+        self.set_status(&ns, &name, &pod_ips, true).await?;
         self.sync_endpoints(&ns).await?;
-        eprintln!("pod {ns}/{name} ({pod_ip}) running in {:.1?}", started.elapsed());
+        eprintln!("pod {ns}/{name} ({pod_ips:?}) running in {:.1?}", started.elapsed());
         Ok(pod)
     }
 
     /// What the kubelet reports: phase Running, the pod IP, the Ready condition.
-    async fn set_status(&self, ns: &str, name: &str, pod_ip: Ipv4Addr, ready: bool) -> Result<()> {
+    /// `pod_ips`: primary first.
+    async fn set_status(&self, ns: &str, name: &str, pod_ips: &[IpAddr], ready: bool) -> Result<()> {
+        let pod_ip = pod_ips.first().context("a pod without an address")?;
         let ready = if ready { "True" } else { "False" };
         let status = json!({"status": {
             "phase": "Running",
             "hostIP": self.bridge.gateway().to_string(),
             "hostIPs": [{"ip": self.bridge.gateway().to_string()}],
             "podIP": pod_ip.to_string(),
-            "podIPs": [{"ip": pod_ip.to_string()}],
+            "podIPs": pod_ips.iter().map(|ip| json!({"ip": ip.to_string()})).collect::<Vec<_>>(),
             "conditions": [
                 {"type": "Initialized", "status": "True"},
                 {"type": "ContainersReady", "status": ready},
@@ -487,6 +539,10 @@ impl MeshCluster {
                 }
                 let Some(status) = &pod.status else { continue };
                 let Some(pod_ip) = status.pod_ip.clone() else { continue };
+                // The slices are IPv4 (the Services are single-stack IPv4).
+                if pod_ip.parse::<Ipv4Addr>().is_err() {
+                    continue;
+                }
                 let ready_cond = status.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True");
                 let terminating = pod.metadata.deletion_timestamp.is_some();
                 let mut resolved = Vec::new();
@@ -562,8 +618,13 @@ fn check_bridge_filtering() -> Result<()> {
     if v.trim() != "1" {
         return Ok(());
     }
-    let Ok(out) = std::process::Command::new("iptables").args(["-S", "FORWARD"]).output() else { return Ok(()) };
-    let rules = String::from_utf8_lossy(&out.stdout);
+    let mut rules = String::new();
+    for (tool, switch) in [("iptables", "bridge-nf-call-iptables"), ("ip6tables", "bridge-nf-call-ip6tables")] {
+        let on = std::fs::read_to_string(format!("/proc/sys/net/bridge/{switch}")).is_ok_and(|v| v.trim() == "1");
+        if let (true, Ok(out)) = (on, std::process::Command::new(tool).args(["-S", "FORWARD"]).output()) {
+            rules.push_str(&String::from_utf8_lossy(&out.stdout));
+        }
+    }
     ensure!(
         !rules.lines().any(|l| l.trim() == "-P FORWARD DROP"),
         "bridged traffic is filtered by the root namespace's FORWARD chain (bridge-nf-call-iptables=1, \
@@ -650,7 +711,11 @@ pub struct ClientLine {
 pub struct MeshPod {
     pub namespace: String,
     pub name: String,
-    pub ip: Ipv4Addr,
+    /// The primary pod IP (`status.podIP`; what the kubelet probes).
+    pub ip: IpAddr,
+    /// The IPv4 and IPv6 addresses, when the pod has them.
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
     /// The Pod as stored by the API server (after the webhook), with the status the
     /// harness wrote when it was read back (podIP set, not yet Ready).
     pub spec: Value,
@@ -662,7 +727,18 @@ pub struct MeshPod {
 }
 
 impl MeshPod {
-    fn create_netns(ns: &str, name: &str, pod_ip: Ipv4Addr, bridge: &Bridge) -> Result<Self> {
+    fn create_netns(
+        ns: &str,
+        name: &str,
+        ipv4: Option<Ipv4Addr>,
+        ipv6: Option<Ipv6Addr>,
+        bridge: &Bridge,
+    ) -> Result<Self> {
+        let primary: IpAddr = match (ipv4, ipv6) {
+            (Some(v4), _) => v4.into(),
+            (None, Some(v6)) => v6.into(),
+            (None, None) => bail!("a pod needs an address"),
+        };
         let pid = std::process::id();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let netns = format!("{NETNS_PREFIX}{pid}-{n}");
@@ -671,7 +747,9 @@ impl MeshPod {
         let pod = MeshPod {
             namespace: ns.to_owned(),
             name: name.to_owned(),
-            ip: pod_ip,
+            ip: primary,
+            ipv4,
+            ipv6,
             spec: Value::Null,
             netns: netns.clone(),
             host_link: host_link.clone(),
@@ -685,12 +763,30 @@ impl MeshPod {
         ip(&["link", "set", &host_link, "master", bridge.name()])?;
         ip(&["link", "set", &host_link, "up"])?;
         ip(&["-n", &netns, "link", "set", "lo", "up"])?;
-        ip(&["-n", &netns, "addr", "add", &format!("{pod_ip}/24"), "dev", "eth0"])?;
+        if let Some(v4) = ipv4 {
+            ip(&["-n", &netns, "addr", "add", &format!("{v4}/24"), "dev", "eth0"])?;
+        }
+        if let Some(v6) = ipv6 {
+            // nodad: usable at once (see the module docs).
+            ip(&["-n", &netns, "addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"])?;
+        }
         ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
         // ClusterIPs are routed nowhere; a default route lets connect() get as far as
         // the OUTPUT chain, where strait-init's rules redirect it.
-        ip(&["-n", &netns, "route", "add", "default", "via", &bridge.gateway().to_string()])?;
+        if ipv4.is_some() {
+            ip(&["-n", &netns, "route", "add", "default", "via", &bridge.gateway().to_string()])?;
+        }
+        if ipv6.is_some() {
+            ip(&["-n", &netns, "-6", "route", "add", "default", "via", &bridge.gateway6().to_string()])?;
+        }
         Ok(pod)
+    }
+
+    /// `status.podIPs`: the primary first.
+    fn pod_ips(&self) -> Vec<IpAddr> {
+        let v4 = self.ipv4.map(IpAddr::from);
+        let v6 = self.ipv6.map(IpAddr::from);
+        [v4, v6].into_iter().flatten().collect()
     }
 
     /// Environment of a container: PATH, then its `env` with `value`s and `fieldRef`s
@@ -935,8 +1031,18 @@ impl MeshPod {
     /// `iptables-save -t nat` of the pod (with `-c`: packet/byte counters), with the
     /// backend that holds Strait's chains (nft, else legacy).
     pub fn nat_table(&self, counters: bool) -> Result<String> {
+        self.nat_table_of("iptables", counters)
+    }
+
+    /// [`Self::nat_table`] of ip6tables.
+    pub fn ip6_nat_table(&self, counters: bool) -> Result<String> {
+        self.nat_table_of("ip6tables", counters)
+    }
+
+    fn nat_table_of(&self, tool: &str, counters: bool) -> Result<String> {
         let mut last = String::new();
-        for save in ["iptables-nft-save", "iptables-legacy-save"] {
+        for save in [format!("{tool}-nft-save"), format!("{tool}-legacy-save")] {
+            let save = save.as_str();
             let mut argv = vec![save, "-t", "nat"];
             if counters {
                 argv.push("-c");

@@ -18,8 +18,8 @@ use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 use strait_e2e::kube_mode::skip_unless_root_because;
 use strait_e2e::pods::{
-    APP_NS, BareNetns, CLIENT_NS, ClientLine, MeshCluster, MeshPod, client_pod, container_argv, normalize_save,
-    rule_packets, server_container, server_pod, tally,
+    APP_NS, BareNetns, CLIENT_NS, ClientLine, MeshCluster, MeshPod, PodNetwork, binary_for_image, client_pod,
+    container_argv, netns_exec, normalize_save, rule_packets, server_container, server_pod, tally,
 };
 
 /// Runs the test as root, skips it otherwise (fails it with `STRAIT_REQUIRE_ROOT=1`).
@@ -519,5 +519,234 @@ fn strait_init_fails_loudly() -> Result<()> {
         &init,
     )?;
     assert!(ok, "strait-init with NET_ADMIN and NET_RAW failed:\n{out}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// IPv6: dual-stack and IPv6-only pods
+// ---------------------------------------------------------------------------
+
+const IN_REDIRECT: &str = "-A STRAIT_IN_REDIRECT";
+
+/// A `strait-demo-server` pod listening on both families (`[::]` takes IPv4 too:
+/// bindv6only is 0 in the pod).
+fn any_family_server_pod(name: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": APP_NS, "labels": {"app": name}},
+        "spec": {"containers": [server_container("app", name, &[
+            ("--grpc", "[::]:8080", "grpc", 8080),
+            ("--http1", "[::]:8081", "http", 8081),
+            ("--tcp-echo", "[::]:7000", "tcp-echo", 7000),
+        ])]},
+    })
+}
+
+fn at(ip: impl Into<std::net::IpAddr>, port: u16) -> String {
+    std::net::SocketAddr::new(ip.into(), port).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dual_stack_pods_mesh_ipv6_in_and_out() -> Result<()> {
+    if !skip_unless_root("dual_stack_pods_mesh_ipv6_in_and_out") {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let mesh = MeshCluster::start().await?;
+    let (server, client) = tokio::try_join!(
+        mesh.start_pod_on(any_family_server_pod("dual-server-0"), PodNetwork::DualStack),
+        mesh.start_pod_on(client_pod(APP_NS, "dual-client"), PodNetwork::DualStack),
+    )?;
+    let (v4, v6) = (server.ipv4.context("server IPv4")?, server.ipv6.context("server IPv6")?);
+    // strait-init (--ipv6 auto) saw the global IPv6 address and meshed IPv6 too.
+    let (client6, server6) = (client.ip6_nat_table(true)?, server.ip6_nat_table(true)?);
+    let (out0, in0) = (rule_packets(&client6, OUT_REDIRECT)?, rule_packets(&server6, IN_REDIRECT)?);
+
+    // Out over IPv6 (ip6tables → [::1]:15001, IP6T_SO_ORIGINAL_DST names the server)
+    // and in over IPv6 (ip6tables → [::]:15006 → the app at the original port).
+    let grpc = calls(&client, &at(v6, 8080), &["--call", "echo/Unary", "--count", "5"]).await?;
+    only_backend(&grpc, "dual-server-0", "gRPC to the IPv6 pod IP");
+    let echo = calls(&client, &at(v6, 7000), &["--protocol", "tcp-echo", "--count", "2"]).await?;
+    for (i, l) in echo.iter().enumerate() {
+        assert_eq!(l.message, format!("ping-{i}\n"), "TCP echo over IPv6");
+    }
+    let http = calls(&client, &at(v6, 8081), &["--protocol", "http1", "--count", "1"]).await?;
+    assert!(
+        http[0].message.starts_with("HTTP/1.1 200") && http[0].message.contains("hello from dual-server-0"),
+        "HTTP/1.1 over IPv6: {:?}",
+        http[0].message
+    );
+    let (client6, server6) = (client.ip6_nat_table(true)?, server.ip6_nat_table(true)?);
+    let redirected_out = rule_packets(&client6, OUT_REDIRECT)? - out0;
+    let redirected_in = rule_packets(&server6, IN_REDIRECT)? - in0;
+    eprintln!("IPv6: {redirected_out} connections redirected out of the client, {redirected_in} into the server");
+    // 1 gRPC channel + 2 TCP echo + 1 HTTP/1.1 (Connection: close): every app
+    // connection went through the client's sidecar, none around it.
+    assert_eq!(redirected_out, 4, "client's ip6tables redirects:\n{client6}");
+    // The client's sidecar opens at least one upstream connection per protocol.
+    assert!(redirected_in >= 3, "server's ip6tables saw {redirected_in} inbound connections:\n{server6}");
+
+    // The kubelet's probe of the IPv6 pod IP (the IPv4 one passed before start_pod_on
+    // returned).
+    for path in ["/ready", "/live"] {
+        let (code, body) = strait_e2e::http1_get(std::net::SocketAddr::new(v6.into(), 15020), path).await?;
+        assert_eq!(code, 200, "GET [{v6}]:15020{path}: {body}");
+    }
+    // Re-running strait-init as injected leaves one copy of the IPv6 rules too.
+    let before = normalize_save(&client.ip6_nat_table(false)?);
+    let (status, log) = client.rerun_init_container("strait-init").await?;
+    assert!(status.success(), "second strait-init run failed ({status}):\n{log}");
+    let after = normalize_save(&client.ip6_nat_table(false)?);
+    assert_eq!(before, after, "ip6tables nat table changed by a second strait-init run");
+    for jump in ["-j STRAIT_INBOUND", "-j STRAIT_OUTPUT"] {
+        assert_eq!(after.lines().filter(|l| l.ends_with(jump)).count(), 1, "{jump} in\n{after}");
+    }
+    // IPv4 still works alongside.
+    let grpc4 = calls(&client, &at(v4, 8080), &["--call", "echo/Unary", "--count", "2"]).await?;
+    only_backend(&grpc4, "dual-server-0", "gRPC to the IPv4 pod IP");
+    eprintln!("dual_stack_pods_mesh_ipv6_in_and_out: {:.1?}", started.elapsed());
+    drop((server, client));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ipv6_only_pods_start_and_call_each_other() -> Result<()> {
+    if !skip_unless_root("ipv6_only_pods_start_and_call_each_other") {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let mesh = MeshCluster::start().await?;
+    // start_pod_on returns only after the kubelet's startup probe of [podIP]:15020
+    // passed: with an IPv4-only probe listener an IPv6-only pod never starts.
+    let (server, client) = tokio::try_join!(
+        mesh.start_pod_on(any_family_server_pod("v6-server-0"), PodNetwork::Ipv6Only),
+        mesh.start_pod_on(client_pod(APP_NS, "v6-client"), PodNetwork::Ipv6Only),
+    )?;
+    ensure!(server.ip.is_ipv6() && server.ipv4.is_none(), "server pod has IPv4: {:?}", server.ip);
+    let v6 = server.ipv6.context("server IPv6")?;
+    let client6 = client.ip6_nat_table(true)?;
+    let out0 = rule_packets(&client6, OUT_REDIRECT)?;
+
+    let grpc = calls(&client, &at(v6, 8080), &["--call", "echo/Unary", "--count", "5"]).await?;
+    only_backend(&grpc, "v6-server-0", "gRPC between IPv6-only pods");
+    let echo = calls(&client, &at(v6, 7000), &["--protocol", "tcp-echo", "--count", "1"]).await?;
+    assert_eq!(echo[0].message, "ping-0\n", "TCP echo between IPv6-only pods");
+    let redirected = rule_packets(&client.ip6_nat_table(true)?, OUT_REDIRECT)? - out0;
+    assert_eq!(redirected, 2, "the calls did not all go through the client's sidecar");
+    let (code, body) = strait_e2e::http1_get(std::net::SocketAddr::new(v6.into(), 15020), "/live").await?;
+    assert_eq!(code, 200, "liveness probe over IPv6: {body}");
+    eprintln!("ipv6_only_pods_start_and_call_each_other: {:.1?}", started.elapsed());
+    drop((server, client));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn proxy_without_ipv6_listens_on_ipv4_and_says_why() -> Result<()> {
+    if !skip_unless_root("proxy_without_ipv6_listens_on_ipv4_and_says_why") {
+        return Ok(());
+    }
+    // A pod with IPv6 disabled: lo loses ::1, so [::1]:15001 cannot be bound.
+    let ns = BareNetns::create()?;
+    for key in ["all", "default", "lo"] {
+        let out = netns_exec(&ns.name, &["sysctl", "-qw", &format!("net.ipv6.conf.{key}.disable_ipv6=1")])?;
+        ensure!(out.status.success(), "sysctl: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let config = tempfile::tempdir()?;
+    let log_path = config.path().join("proxy.log");
+    let mut proxy = tokio::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(binary_for_image("strait-proxy")?)
+        .arg("--config-dir")
+        .arg(config.path())
+        // The injector's lists.
+        .args(["--probe-addr", "0.0.0.0:15020,[::]:15020"])
+        .env_remove("STRAIT_OUTBOUND_ADDR")
+        .env_remove("STRAIT_INBOUND_ADDR")
+        .env_remove("STRAIT_PROBE_ADDR")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path)?)
+        .kill_on_drop(true)
+        .spawn()?;
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let listening = loop {
+        if let Some(status) = proxy.try_wait()? {
+            anyhow::bail!("strait-proxy exited ({status}) in a pod without IPv6:\n{}", log());
+        }
+        let out = netns_exec(&ns.name, &["ss", "-Hltn"])?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let has = |a: &str| text.lines().any(|l| l.split_whitespace().nth(3) == Some(a));
+        if has("127.0.0.1:15001") && has("0.0.0.0:15006") && has("0.0.0.0:15020") {
+            break text;
+        }
+        ensure!(Instant::now() < deadline, "IPv4 listeners not up after 15 s:\n{text}\n{}", log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!listening.contains("[::1]:15001"), "::1 bound without IPv6?\n{listening}");
+    let text = log();
+    assert!(
+        text.contains("IPv6 unavailable") && text.contains("[::1]:15001"),
+        "the skipped IPv6 listener is not logged:\n{text}"
+    );
+    proxy.kill().await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Inbound reaches only the original destination (issue 21, item 3)
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn inbound_port_reaches_only_the_original_destination() -> Result<()> {
+    if !skip_unless_root("inbound_port_reaches_only_the_original_destination") {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let mesh = MeshCluster::start().await?;
+    // The app's gRPC server is loopback-only (an admin or debug server) and sits on
+    // 127.0.0.1:8080, the proxy's default --inbound-app-addr; HTTP/1.1 is public.
+    let server = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "private-0", "namespace": APP_NS, "labels": {"app": "private"}},
+        "spec": {"containers": [server_container("app", "private-0", &[
+            ("--grpc", "127.0.0.1:8080", "grpc", 8080),
+            ("--http1", "[::]:8081", "http", 8081),
+        ])]},
+    });
+    let (server, client) = tokio::try_join!(
+        mesh.start_pod_on(server, PodNetwork::DualStack),
+        mesh.start_pod_on(client_pod(APP_NS, "prober"), PodNetwork::DualStack),
+    )?;
+    let (v4, v6) = (server.ipv4.context("IPv4")?, server.ipv6.context("IPv6")?);
+    let unary = ["--call", "echo/Unary", "--count", "1", "--timeout-ms", "5000"];
+
+    // The public port works through both sidecars (control).
+    let http = calls(&client, &at(v4, 8081), &["--protocol", "http1", "--count", "1"]).await?;
+    assert!(http[0].message.contains("hello from private-0"), "{:?}", http[0].message);
+
+    // podIP:15006 is redirected to the inbound listener itself; it must not be served
+    // as "explicit-mode inbound" to 127.0.0.1:8080. From a meshed pod, over both
+    // families, and from outside any mesh (the root namespace, no sidecar of its own).
+    for target in [at(v4, 15006), at(v6, 15006)] {
+        let lines = client.run_client(&[&["--target", target.as_str()][..], &unary[..]].concat()).await?;
+        assert!(!lines.is_empty() && lines.iter().all(|l| !l.ok), "{target} reached the loopback server: {lines:?}");
+    }
+    let out = tokio::process::Command::new(binary_for_image("strait-demo-client")?)
+        .args(["--target", &at(v4, 15006)])
+        .args(unary)
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stdout.is_empty() && !stdout.contains("\"ok\":true"),
+        "an unmeshed peer reached the loopback server through {v4}:15006: {stdout}"
+    );
+    // Naming the loopback-only port itself reaches nothing either: the sidecar
+    // forwards to the original destination (the pod IP), where nothing listens.
+    let lines = client.run_client(&[&["--target", at(v4, 8080).as_str()][..], &unary[..]].concat()).await?;
+    assert!(lines.iter().all(|l| !l.ok), "the pod IP's port 8080 reached the loopback server: {lines:?}");
+    eprintln!("inbound_port_reaches_only_the_original_destination: {:.1?}", started.elapsed());
+    drop((server, client));
     Ok(())
 }

@@ -78,15 +78,19 @@ pub(crate) fn proxy_container(cfg: &InjectConfig, plan: &Plan) -> Container {
         field_env("POD_NAMESPACE", "metadata.namespace"),
         field_env("POD_IP", "status.podIP"),
         field_env("STRAIT_SERVICE_ACCOUNT", "spec.serviceAccountName"),
+        // Every listener on both families (strait-init redirects IPv6 too when the pod
+        // has it; the proxy skips the IPv6 socket, with a warning, when it has not).
         // Outbound on loopback: iptables REDIRECT on OUTPUT rewrites the destination of
-        // locally generated traffic to 127.0.0.1, so nothing outside the pod can reach it.
-        value_env("STRAIT_OUTBOUND_ADDR", format!("127.0.0.1:{}", cfg.outbound_port)),
+        // locally generated traffic to 127.0.0.1 (ip6tables: ::1), so nothing outside
+        // the pod can reach it.
+        value_env("STRAIT_OUTBOUND_ADDR", dual_stack("127.0.0.1", "[::1]", cfg.outbound_port)),
         // Inbound on all addresses: PREROUTING REDIRECT rewrites the destination to the
         // receiving interface's address (the pod IP), not to loopback.
-        value_env("STRAIT_INBOUND_ADDR", format!("0.0.0.0:{}", cfg.inbound_port)),
+        value_env("STRAIT_INBOUND_ADDR", dual_stack("0.0.0.0", "[::]", cfg.inbound_port)),
         value_env("STRAIT_ADMIN_ADDR", format!("127.0.0.1:{}", cfg.admin_port)),
-        // The kubelet probes the pod IP, so the probe listener cannot be loopback-only.
-        value_env("STRAIT_PROBE_ADDR", format!("0.0.0.0:{}", cfg.probe_port)),
+        // The kubelet probes the pod IP (IPv6 in an IPv6-primary pod), so the probe
+        // listener cannot be loopback-only.
+        value_env("STRAIT_PROBE_ADDR", dual_stack("0.0.0.0", "[::]", cfg.probe_port)),
         value_env("STRAIT_LOG_LEVEL", plan.log_level.clone()),
         value_env("STRAIT_PROXY_UID", cfg.proxy_uid.to_string()),
         // strait-init redirects the pod's traffic; the proxy reads original destinations.
@@ -173,6 +177,11 @@ pub(crate) fn proxy_container(cfg: &InjectConfig, plan: &Plan) -> Container {
         }),
         ..Default::default()
     }
+}
+
+/// `v4:port,v6:port`: the proxy binds one socket per address.
+fn dual_stack(v4: &str, v6: &str, port: u16) -> String {
+    format!("{v4}:{port},{v6}:{port}")
 }
 
 fn join<T: ToString>(items: &[T]) -> String {

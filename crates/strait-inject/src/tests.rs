@@ -497,10 +497,12 @@ fn proxy_container_as_specified() {
         ("POD_NAMESPACE", None, Some("metadata.namespace")),
         ("POD_IP", None, Some("status.podIP")),
         ("STRAIT_SERVICE_ACCOUNT", None, Some("spec.serviceAccountName")),
-        ("STRAIT_OUTBOUND_ADDR", Some("127.0.0.1:15001"), None),
-        ("STRAIT_INBOUND_ADDR", Some("0.0.0.0:15006"), None),
+        // Both families: ip6tables redirects IPv6 to [::1]:15001 / [::]:15006, and the
+        // kubelet probes an IPv6-primary pod at [podIP]:15020.
+        ("STRAIT_OUTBOUND_ADDR", Some("127.0.0.1:15001,[::1]:15001"), None),
+        ("STRAIT_INBOUND_ADDR", Some("0.0.0.0:15006,[::]:15006"), None),
         ("STRAIT_ADMIN_ADDR", Some("127.0.0.1:15000"), None),
-        ("STRAIT_PROBE_ADDR", Some("0.0.0.0:15020"), None),
+        ("STRAIT_PROBE_ADDR", Some("0.0.0.0:15020,[::]:15020"), None),
         ("STRAIT_LOG_LEVEL", Some("info"), None),
         ("STRAIT_PROXY_UID", Some("1337"), None),
         ("STRAIT_TRANSPARENT", Some("true"), None),
@@ -640,7 +642,14 @@ fn init_args_reflect_skips() {
     .to_vec();
     assert_eq!(init(&pod).args.as_ref(), Some(&want));
     let env = proxy(&pod).env.as_ref().expect("env");
-    assert!(env.iter().any(|e| e.name == "STRAIT_OUTBOUND_ADDR" && e.value.as_deref() == Some("127.0.0.1:16001")));
+    // The proxy listens where strait-init redirects, on both families.
+    for (name, value) in [
+        ("STRAIT_OUTBOUND_ADDR", "127.0.0.1:16001,[::1]:16001"),
+        ("STRAIT_INBOUND_ADDR", "0.0.0.0:16006,[::]:16006"),
+        ("STRAIT_PROBE_ADDR", "0.0.0.0:16020,[::]:16020"),
+    ] {
+        assert!(env.iter().any(|e| e.name == name && e.value.as_deref() == Some(value)), "{name}: {env:?}");
+    }
     assert_eq!(proxy(&pod).ports.as_ref().map(|p| p[0].container_port), Some(16020));
 }
 

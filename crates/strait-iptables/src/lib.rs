@@ -310,4 +310,123 @@ mod tests {
         r.outbound_port = r.inbound_port;
         assert_eq!(r.validate(), Err(RuleError::SamePorts(15006)));
     }
+
+    /// The rule lines of `chain` in a restore batch, in order.
+    fn chain_rules<'a>(batch: &'a str, chain: &str) -> Vec<&'a str> {
+        let prefix = format!("-A {chain} ");
+        batch.lines().filter(|l| l.starts_with(&prefix)).collect()
+    }
+
+    /// Every `-d` argument of a batch.
+    fn destinations(batch: &str) -> Vec<Cidr> {
+        batch
+            .lines()
+            .filter_map(|l| l.split(" -d ").nth(1))
+            .map(|rest| rest.split_whitespace().next().unwrap_or_default().parse().expect("a CIDR"))
+            .collect()
+    }
+
+    #[test]
+    fn each_family_gets_only_its_own_addresses() {
+        // ip6tables-restore rejects the whole batch over one IPv4 address (and vice
+        // versa), which would leave an IPv6 pod unmeshed: no address may cross over.
+        let v4 = install(&redirect(), Family::V4, &Existing::default());
+        let v6 = install(&redirect(), Family::V6, &Existing::default());
+        let d4 = destinations(&v4);
+        let d6 = destinations(&v6);
+        assert_eq!(d4.iter().map(ToString::to_string).collect::<Vec<_>>(), ["127.0.0.1/32", "10.0.0.0/8"]);
+        assert_eq!(d6.iter().map(ToString::to_string).collect::<Vec<_>>(), ["::1/128", "fd00::/8"]);
+        // The same listeners and exemptions in both: REDIRECT maps IPv6 to ::1 (OUTPUT)
+        // or the interface's address (PREROUTING), where the proxy's IPv6 sockets listen.
+        for batch in [&v4, &v6] {
+            assert!(batch.contains("-j REDIRECT --to-ports 15006") && batch.contains("-j REDIRECT --to-ports 15001"));
+            assert!(batch.contains("--uid-owner 1337"));
+            assert_eq!(chain_rules(batch, CHAIN_INBOUND).len(), 3, "{batch}");
+        }
+        // Only the address lines differ between the families.
+        let strip = |b: &str| b.lines().filter(|l| !l.contains(" -d ")).map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(strip(&v4), strip(&v6));
+    }
+
+    #[test]
+    fn exemptions_come_before_the_redirect_in_each_chain() {
+        let batch = install(&redirect(), Family::V6, &Existing::default());
+        let inbound = chain_rules(&batch, CHAIN_INBOUND);
+        assert!(inbound[..2].iter().all(|l| l.ends_with("-j RETURN")), "{inbound:?}");
+        assert!(inbound[2].ends_with(&format!("-j {CHAIN_IN_REDIRECT}")), "{inbound:?}");
+        let output = chain_rules(&batch, CHAIN_OUTPUT);
+        let kinds: Vec<&str> = output
+            .iter()
+            .map(|l| {
+                if l.contains("--uid-owner") {
+                    "uid"
+                } else if l.contains("-o lo") {
+                    "loopback"
+                } else if l.contains("--dport") {
+                    "port"
+                } else if l.contains(" -d ") {
+                    "cidr"
+                } else {
+                    "redirect"
+                }
+            })
+            .collect();
+        assert_eq!(kinds, ["uid", "loopback", "port", "cidr", "redirect"], "{output:?}");
+        // The redirect chains hold exactly one rule each; declaring a chain flushes it,
+        // so a re-run cannot stack a second REDIRECT.
+        assert_eq!(chain_rules(&batch, CHAIN_IN_REDIRECT).len(), 1);
+        assert_eq!(chain_rules(&batch, CHAIN_OUT_REDIRECT).len(), 1);
+        for c in CHAINS {
+            assert!(batch.lines().any(|l| l == format!(":{c} - [0:0]")), "{c} not declared");
+        }
+    }
+
+    #[test]
+    fn nothing_skipped_means_only_the_mandatory_exemptions() {
+        let r = Redirect {
+            skip_inbound_ports: vec![],
+            skip_outbound_ports: vec![],
+            skip_outbound_cidrs: vec![],
+            ..redirect()
+        };
+        let batch = install(&r, Family::V4, &Existing::default());
+        assert_eq!(chain_rules(&batch, CHAIN_INBOUND).len(), 1, "every inbound TCP port is redirected");
+        let output = chain_rules(&batch, CHAIN_OUTPUT);
+        assert_eq!(output.len(), 3, "UID, loopback, redirect: {output:?}");
+        // Skip lists of the other family only: nothing to add in this one.
+        let r6 = Redirect { skip_outbound_cidrs: parse_cidrs("fd00::/8").expect("cidr"), ..r };
+        assert_eq!(install(&r6, Family::V4, &Existing::default()), batch);
+    }
+
+    #[test]
+    fn a_half_present_install_is_completed_and_a_half_present_one_cleaned() {
+        // A jump survived (e.g. a cleanup interrupted by hand): only the other is added.
+        let only_inbound = Existing { jump_inbound: true, ..Existing::default() };
+        let batch = install(&redirect(), Family::V4, &only_inbound);
+        assert!(!batch.contains(JUMP_INBOUND) && batch.contains(JUMP_OUTPUT), "{batch}");
+        // Chains without jumps: flushed, then deleted, and no -D for absent jumps
+        // (iptables-restore would fail on deleting a rule that does not exist).
+        let chains_only = parse_save("*nat\n:STRAIT_OUTPUT - [0:0]\n:STRAIT_OUT_REDIRECT - [0:0]\nCOMMIT\n");
+        assert!(chains_only.any());
+        let clean = cleanup(&chains_only).expect("chains to remove");
+        assert!(!clean.contains("-D "), "{clean}");
+        let lines: Vec<&str> = clean.lines().collect();
+        let last_flush = lines.iter().rposition(|l| l.starts_with("-F ")).expect("flush");
+        let first_delete = lines.iter().position(|l| l.starts_with("-X ")).expect("delete");
+        assert!(last_flush < first_delete, "a chain still referenced cannot be deleted: {clean}");
+        assert_eq!(lines.iter().filter(|l| l.starts_with("-X ")).count(), 2);
+        // Chains of others that merely start with our prefix are not ours.
+        assert!(!parse_save("*nat\n:STRAIT_INBOUND_X - [0:0]\nCOMMIT\n").any());
+    }
+
+    #[test]
+    fn invalid_input_is_named_in_the_error() {
+        assert_eq!(parse_ports("80,x8").expect_err("bad").to_string(), "invalid port \"x8\" (1..65535)");
+        assert_eq!(parse_cidrs("10.0.0.0/8, ::/200").expect_err("bad").to_string(), "invalid CIDR \"::/200\"");
+        assert_eq!(RuleError::SamePorts(15006).to_string(), "inbound and outbound ports must differ (both 15006)");
+        let r = Redirect { inbound_port: 0, ..redirect() };
+        assert_eq!(r.validate(), Err(RuleError::Port("0".into())));
+        // IPv6 CIDRs keep their family (a bare address is one host).
+        assert_eq!(parse_cidrs("fd52:5452::7").map(|c| c[0].to_string()), Ok("fd52:5452::7/128".into()));
+    }
 }
