@@ -17,6 +17,16 @@ use strait_routing::{
     Backend, BackendTarget, LookupError, RequestView, RoutingState, Rule, ServiceKey, with_authority,
 };
 
+/// Longest a mirrored call may take (connect, request, response), unless the caller's
+/// grpc-timeout is shorter: a mirror is a copy nobody waits for, and a stalled one
+/// (a server stream, a mirror that stopped reading) must not hold a task and its
+/// buffers for the life of the call. Cut off at the deadline, its stream is reset.
+pub const MIRROR_DEADLINE: Duration = Duration::from_secs(10);
+
+fn mirror_deadline(grpc_timeout: Option<Duration>) -> Duration {
+    grpc_timeout.map_or(MIRROR_DEADLINE, |t| t.min(MIRROR_DEADLINE))
+}
+
 /// Attempts per request when connecting fails before the request was sent: a request
 /// that never reached a backend is safe to send elsewhere.
 const MAX_CONNECT_ATTEMPTS: usize = 3;
@@ -224,7 +234,8 @@ impl Proxy {
                 let copy = body.add_mirror();
                 let mut req = Request::from_parts(clone_parts(&parts), body::boxed(copy));
                 *req.version_mut() = http::Version::HTTP_2;
-                tokio::spawn(send_mirror(self.pool.clone(), u, req));
+                let deadline = mirror_deadline(parts.headers.get(grpc::GRPC_TIMEOUT).and_then(grpc::parse_timeout));
+                tokio::spawn(send_mirror(self.pool.clone(), u, req, deadline));
             }
         }
         let deadline = parts.headers.get(grpc::GRPC_TIMEOUT).and_then(grpc::parse_timeout);
@@ -447,22 +458,25 @@ fn observe(
     Response::from_parts(parts, body::boxed(body))
 }
 
-async fn send_mirror(pool: Arc<Pool>, upstream: Arc<Upstream>, req: Request<ProxyBody>) {
+async fn send_mirror(pool: Arc<Pool>, upstream: Arc<Upstream>, req: Request<ProxyBody>, deadline: Duration) {
     let _guard = pool.start_request(&upstream);
-    let sender = match pool.sender(&upstream).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::debug!(error = %e, "mirror connect failed");
+    let addr = upstream.addr;
+    let sender = match tokio::time::timeout(deadline, pool.sender(&upstream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(mirror = %addr, error = %e, "mirror connect failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(mirror = %addr, ?deadline, "mirror connect outlived the mirror deadline");
             return;
         }
     };
-    match upstream::send_request(sender, req).await {
-        // The mirror's response is read and dropped so its stream completes cleanly.
-        Ok(resp) => {
-            let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
-        }
-        Err(SendError::Unsent { error, .. } | SendError::Failed(error)) => {
-            tracing::debug!(%error, "mirror request failed")
+    match upstream::send_mirror(sender, req, deadline).await {
+        Ok(discarded) => tracing::trace!(mirror = %addr, discarded, "mirror completed"),
+        Err(error) => {
+            telemetry::mirror_failed(&error);
+            tracing::debug!(mirror = %addr, %error, "mirror request did not complete")
         }
     }
 }
