@@ -201,20 +201,61 @@ pub struct MessageTooLarge {
 /// Set once by a [`RequestBody`] that refused a message; read by whoever answers the caller.
 pub type RefusedMessage = Arc<OnceLock<MessageTooLarge>>;
 
+/// What a mirror's copy of a request body receives.
+enum MirrorItem {
+    Frame(Frame<Bytes>),
+    /// The caller's body ended cleanly: the mirror's may too.
+    End,
+}
+
+/// Why a mirror's request body failed (and its stream is reset, never ended).
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorAborted {
+    #[error("the mirror fell behind (its copy queue of {MIRROR_QUEUE} frames was full): request cut off")]
+    FellBehind,
+    #[error("the caller's request ended before its end of stream (cancelled or failed)")]
+    CallerGone,
+}
+
+/// One mirror's end of the copy queue.
+struct MirrorSender {
+    tx: mpsc::Sender<MirrorItem>,
+    /// Set when the queue was full: tells the mirror why its body is cut off.
+    fell_behind: Arc<std::sync::atomic::AtomicBool>,
+}
+
 pin_project_lite::pin_project! {
     /// Request body that counts gRPC messages and optionally copies frames to mirrors.
-    pub struct RequestBody<B> {
+    ///
+    /// A mirror's copy ends cleanly only when this body was seen to end (its `None`, or
+    /// a frame after which it reports its end, as h2 reads a body's last frame): a
+    /// mirror that falls behind, a caller that cancels (the body is dropped before
+    /// its end) or whose body fails, make the copy fail, so the mirror's stream is
+    /// reset instead of ending with END_STREAM (which would commit a truncated client
+    /// stream at the shadow backend). Not `is_end_stream` at drop: h2 reports a reset
+    /// stream as ended too.
+    pub struct RequestBody<B: Body> {
         #[pin]
         inner: B,
         counter: MessageCounter,
         messages: Arc<AtomicU32>,
         // (limit, where a refusal is reported) when message lengths are limited.
         limit: Option<(u32, RefusedMessage)>,
-        mirrors: Vec<mpsc::Sender<Frame<Bytes>>>,
+        mirrors: Vec<MirrorSender>,
     }
 }
 
-impl<B> RequestBody<B> {
+/// Tells every mirror the request is complete; one whose queue has no room for that
+/// is cut off instead.
+fn end_mirrors(mirrors: &mut Vec<MirrorSender>) {
+    for m in mirrors.drain(..) {
+        if m.tx.try_send(MirrorItem::End).is_err() {
+            m.fell_behind.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<B: Body> RequestBody<B> {
     pub fn new(inner: B, messages: Arc<AtomicU32>) -> Self {
         RequestBody { inner, counter: MessageCounter::default(), messages, limit: None, mirrors: Vec::new() }
     }
@@ -231,8 +272,16 @@ impl<B> RequestBody<B> {
     /// A body that receives a copy of every frame of this one.
     pub fn add_mirror(&mut self) -> MirrorBody {
         let (tx, rx) = mpsc::channel(MIRROR_QUEUE);
-        self.mirrors.push(tx);
-        MirrorBody { rx }
+        let fell_behind = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sender = MirrorSender { tx, fell_behind: fell_behind.clone() };
+        if self.inner.is_end_stream() {
+            // A request without a body (END_STREAM on its headers): never polled, so the
+            // mirror's copy is complete now.
+            end_mirrors(&mut vec![sender]);
+        } else {
+            self.mirrors.push(sender);
+        }
+        MirrorBody { rx, fell_behind, done: false }
     }
 }
 
@@ -245,8 +294,8 @@ where
     type Error = BoxError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
                 this.counter.observe(data);
@@ -259,18 +308,26 @@ where
                 }
             }
             if !this.mirrors.is_empty() {
-                let copy = match frame.data_ref() {
-                    Some(d) => Some(Frame::data(d.clone())),
-                    None => frame.trailers_ref().map(|t| Frame::trailers(t.clone())),
-                };
-                if let Some(copy) = copy {
-                    // A full or closed mirror is dropped; its body then ends early.
-                    this.mirrors.retain(|tx| tx.try_send(clone_frame(&copy)).is_ok());
+                // A full or closed mirror is dropped: its body then fails, and its
+                // stream is reset.
+                this.mirrors.retain(|m| match m.tx.try_send(MirrorItem::Frame(clone_frame(frame))) {
+                    Ok(()) => true,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        m.fell_behind.store(true, Ordering::Relaxed);
+                        false
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                });
+                if this.inner.is_end_stream() {
+                    end_mirrors(this.mirrors);
                 }
             }
         }
-        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            this.mirrors.clear();
+        match &polled {
+            Poll::Ready(None) => end_mirrors(this.mirrors),
+            // The caller's body failed: the mirrors' copies are cut off.
+            Poll::Ready(Some(Err(_))) => this.mirrors.clear(),
+            _ => {}
         }
         polled.map(|o| o.map(|r| r.map_err(Into::into)))
     }
@@ -292,9 +349,12 @@ fn clone_frame(f: &Frame<Bytes>) -> Frame<Bytes> {
     }
 }
 
-/// The mirror's copy of a request body.
+/// The mirror's copy of a request body: the caller's frames, then either a clean end
+/// (the caller's body ended) or an error (anything else), never a premature end.
 pub struct MirrorBody {
-    rx: mpsc::Receiver<Frame<Bytes>>,
+    rx: mpsc::Receiver<MirrorItem>,
+    fell_behind: Arc<std::sync::atomic::AtomicBool>,
+    done: bool,
 }
 
 impl Body for MirrorBody {
@@ -302,7 +362,29 @@ impl Body for MirrorBody {
     type Error = BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.rx.poll_recv(cx).map(|f| f.map(Ok))
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match std::task::ready!(self.rx.poll_recv(cx)) {
+            Some(MirrorItem::Frame(f)) => Poll::Ready(Some(Ok(f))),
+            Some(MirrorItem::End) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            None => {
+                self.done = true;
+                let why = if self.fell_behind.load(Ordering::Relaxed) {
+                    MirrorAborted::FellBehind
+                } else {
+                    MirrorAborted::CallerGone
+                };
+                Poll::Ready(Some(Err(why.into())))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
     }
 }
 
@@ -376,7 +458,7 @@ mod tests {
         let mut body = RequestBody::new(StreamBody::new(tokio_stream_iter(frames)), count.clone());
         let mirror = body.add_mirror();
         let main = body.collect().await.expect("collect").to_bytes();
-        let copy = mirror.collect().await.expect("collect").to_bytes();
+        let copy = mirror.collect().await.expect("a complete request ends the mirror's cleanly").to_bytes();
         assert_eq!(main, copy);
         assert_eq!(count.load(Ordering::Relaxed), 2);
     }
@@ -404,6 +486,117 @@ mod tests {
         assert_eq!(grpc::status_of(trailers), Some(8));
         assert!(trailers["grpc-message"].to_str().expect("ascii").contains("--max-grpc-message-bytes"));
         assert_eq!(seen.lock().expect("lock")[0].grpc_status, Some(8));
+    }
+
+    /// Reads `mirror` to its end: the data it carried and how it ended.
+    async fn drain(mut mirror: MirrorBody) -> (Vec<u8>, Result<(), String>) {
+        let mut data = Vec::new();
+        while let Some(frame) = mirror.frame().await {
+            match frame {
+                Ok(f) => data.extend_from_slice(f.data_ref().map(|d| d.as_ref()).unwrap_or_default()),
+                Err(e) => return (data, Err(e.to_string())),
+            }
+        }
+        (data, Ok(()))
+    }
+
+    #[tokio::test]
+    async fn unary_body_taken_by_its_last_frame_ends_the_mirror_cleanly() {
+        // h2 stops polling a body whose last frame said so (is_end_stream), then drops it.
+        let mut body = RequestBody::new(http_body_util::Full::new(grpc_frame(3)), Arc::default());
+        let mirror = body.add_mirror();
+        let first = body.frame().await.expect("a frame").expect("ok");
+        assert!(body.is_end_stream());
+        drop(body);
+        let (data, end) = drain(mirror).await;
+        assert_eq!(data, first.into_data().expect("data").to_vec());
+        assert_eq!(end, Ok(()));
+    }
+
+    /// A caller's stream as h2 reads it: one frame, then (once `reset`) "ended" as h2
+    /// reports a stream the peer reset, without ever yielding its end.
+    struct ResetAfterOneFrame {
+        frame: Option<Bytes>,
+        reset: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Body for ResetAfterOneFrame {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            match self.frame.take() {
+                Some(f) => Poll::Ready(Some(Ok(Frame::data(f)))),
+                None => Poll::Pending,
+            }
+        }
+        fn is_end_stream(&self) -> bool {
+            self.reset.load(Ordering::Relaxed)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_caller_reset_that_h2_reports_as_ended_still_fails_the_mirror() {
+        let reset = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let inner = ResetAfterOneFrame { frame: Some(grpc_frame(2)), reset: reset.clone() };
+        let mut body = RequestBody::new(inner, Arc::default());
+        let mirror = body.add_mirror();
+        body.frame().await.expect("frame").expect("ok");
+        reset.store(true, Ordering::Relaxed);
+        drop(body);
+        let (data, end) = drain(mirror).await;
+        assert_eq!(data.len(), 7);
+        assert!(end.is_err(), "cut off, not ended");
+    }
+
+    #[tokio::test]
+    async fn a_request_without_body_is_mirrored_complete() {
+        let mut body = RequestBody::new(http_body_util::Empty::<Bytes>::new(), Arc::default());
+        let mirror = body.add_mirror();
+        drop(body);
+        assert_eq!(drain(mirror).await, (Vec::new(), Ok(())));
+    }
+
+    #[tokio::test]
+    async fn a_mirror_that_falls_behind_is_cut_off_with_an_error_not_an_end() {
+        let frames: Frames = (0..MIRROR_QUEUE + 10).map(|_| Ok(Frame::data(grpc_frame(1)))).collect();
+        let mut body = RequestBody::new(StreamBody::new(tokio_stream_iter(frames)), Arc::default());
+        let mirror = body.add_mirror();
+        // Nobody reads the mirror while the caller's request streams through.
+        let main = body.collect().await.expect("the caller is never held up").to_bytes();
+        assert_eq!(main.len(), (MIRROR_QUEUE + 10) * 6);
+        let (data, end) = drain(mirror).await;
+        assert_eq!(data.len(), MIRROR_QUEUE * 6, "the frames queued before it fell behind");
+        let error = end.expect_err("a truncated copy must not end cleanly");
+        assert!(error.contains("fell behind"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_caller_fails_the_mirror() {
+        // Two messages, then the caller goes away mid-stream (its body is dropped).
+        let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
+        let mut body =
+            RequestBody::new(StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)), Arc::default());
+        let mirror = body.add_mirror();
+        for _ in 0..2 {
+            tx.send(Ok(Frame::data(grpc_frame(2)))).await.expect("send");
+            body.frame().await.expect("frame").expect("ok");
+        }
+        drop(body);
+        let (data, end) = drain(mirror).await;
+        assert_eq!(data.len(), 14);
+        assert!(end.expect_err("cut off").contains("before its end of stream"));
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn a_failing_caller_body_fails_the_mirror() {
+        let frames: Frames = vec![Ok(Frame::data(grpc_frame(2))), Err("client reset the stream".into())];
+        let mut body = RequestBody::new(StreamBody::new(tokio_stream_iter(frames)), Arc::default());
+        let mirror = body.add_mirror();
+        assert!(body.collect().await.is_err());
+        let (data, end) = drain(mirror).await;
+        assert_eq!(data.len(), 7);
+        assert!(end.is_err());
     }
 
     fn tokio_stream_iter<T>(items: Vec<T>) -> impl futures_lite_stream::Stream<Item = T> {

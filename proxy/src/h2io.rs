@@ -70,6 +70,11 @@ impl BodyPipe {
     pub fn new(body: ProxyBody, stream: SendStream<Bytes>, on_error: Reason) -> Self {
         BodyPipe { body, stream, on_error, first_frame: true }
     }
+
+    /// Resets the stream with the pipe's error reason (the copy is abandoned).
+    pub fn reset(&mut self) {
+        self.stream.send_reset(self.on_error);
+    }
 }
 
 impl Future for BodyPipe {

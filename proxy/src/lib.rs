@@ -82,7 +82,7 @@ pub async fn run(args: config::Args) -> anyhow::Result<()> {
 
     let upkeep_proxy = proxy.clone();
     let on_publish = move || {
-        upkeep_proxy.pool.retain(&upkeep_proxy.live_endpoints());
+        upkeep_proxy.prune_pool();
         upkeep_proxy.route_metrics.clear();
         metrics::gauge!("strait_config_generation").set(upkeep_proxy.shared.load().version as f64);
     };
@@ -96,6 +96,16 @@ pub async fn run(args: config::Args) -> anyhow::Result<()> {
         }
         (None, None) => anyhow::bail!("no configuration source"),
     }
+    // Unrouted destinations are dropped once idle even when no configuration changes.
+    let sweep_proxy = proxy.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(pool::UNROUTED_IDLE_TIMEOUT / 5);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            sweep_proxy.prune_pool();
+        }
+    });
     let admin_state = admin::AdminState { shared: shared.clone(), proxy: proxy.clone(), metrics };
     let (stop_tx, stop_rx) = watch::channel(false);
     let admin_router = admin::router(admin_state.clone());

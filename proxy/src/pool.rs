@@ -16,7 +16,7 @@ use foldhash::HashMap;
 use h2::client::SendRequest;
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,12 @@ const EQUAL_COST_RATIO: f64 = 1.25;
 /// Connection attempts per request while some endpoint is known to work, and the
 /// least a request makes when endpoints time out (see [`Pool::pick_attempt`]).
 pub const MAX_CONNECT_ATTEMPTS: usize = 3;
+
+/// How long an endpoint that no routing table names (the pod's application behind a
+/// transparent inbound redirect, a passthrough destination) keeps its connection and
+/// latency state after its last request: configuration changes must not close the
+/// connections in use, yet addresses used once must not accumulate forever.
+pub const UNROUTED_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -73,6 +79,12 @@ pub struct Upstream {
     consecutive_failures: AtomicU32,
     unhealthy_until_ns: AtomicU64,
     samples: AtomicU32,
+    /// A request started since the last [`Pool::retain`] sweep (a flag, not a clock
+    /// read, on the request path).
+    used: AtomicBool,
+    /// When a sweep last found the endpoint in use (or its creation): the start of its
+    /// idle period, in [`Pool`] epoch nanoseconds.
+    last_seen_in_use_ns: AtomicU64,
 }
 
 pub struct Pool {
@@ -118,6 +130,8 @@ impl Pool {
                 consecutive_failures: AtomicU32::new(0),
                 unhealthy_until_ns: AtomicU64::new(0),
                 samples: AtomicU32::new(0),
+                used: AtomicBool::new(true),
+                last_seen_in_use_ns: AtomicU64::new(self.now_ns()),
             })
         };
         match self.upstreams.write() {
@@ -126,11 +140,39 @@ impl Pool {
         }
     }
 
-    /// Drops connections to endpoints no longer in any routing table.
+    /// Drops endpoints (their connection and latency state) that no routing table names
+    /// (`live`) and that have been idle — no request started, none outstanding — for
+    /// [`UNROUTED_IDLE_TIMEOUT`]. Endpoints of the routing tables are always kept.
+    /// Called on every configuration change and periodically, so the pool stays
+    /// bounded by the tables plus the destinations used recently.
     pub fn retain(&self, live: &HashSet<SocketAddr>) {
-        if let Ok(mut map) = self.upstreams.write() {
-            map.retain(|addr, _| live.contains(addr));
-        }
+        self.retain_at(live, self.now_ns(), UNROUTED_IDLE_TIMEOUT);
+    }
+
+    fn retain_at(&self, live: &HashSet<SocketAddr>, now_ns: u64, idle_timeout: Duration) {
+        let Ok(mut map) = self.upstreams.write() else {
+            return;
+        };
+        map.retain(|addr, u| {
+            let in_use = u.used.swap(false, Ordering::Relaxed) || u.pending.load(Ordering::Relaxed) > 0;
+            if in_use {
+                u.last_seen_in_use_ns.store(now_ns, Ordering::Relaxed);
+            }
+            if live.contains(addr) || in_use {
+                return true;
+            }
+            let idle = now_ns.saturating_sub(u.last_seen_in_use_ns.load(Ordering::Relaxed));
+            let keep = u128::from(idle) < idle_timeout.as_nanos();
+            if !keep {
+                tracing::debug!(%addr, idle_secs = idle / 1_000_000_000, "idle unrouted endpoint dropped from the pool");
+            }
+            keep
+        });
+    }
+
+    /// Endpoints the pool holds state (and perhaps a connection) for.
+    pub fn endpoint_count(&self) -> usize {
+        self.upstreams.read().map(|m| m.len()).unwrap_or(0)
     }
 
     fn is_healthy(&self, u: &Upstream, now: u64) -> bool {
@@ -295,6 +337,10 @@ impl Pool {
 
     pub fn start_request(&self, u: &Arc<Upstream>) -> PendingGuard {
         u.pending.fetch_add(1, Ordering::Relaxed);
+        // Read first: a shared cache line is written once per sweep, not per request.
+        if !u.used.load(Ordering::Relaxed) {
+            u.used.store(true, Ordering::Relaxed);
+        }
         PendingGuard { upstream: u.clone() }
     }
 
@@ -547,5 +593,56 @@ mod tests {
         let addr = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind");
         let u = p.upstream(addr);
         assert!(matches!(p.sender(&u).await, Err(ConnectError::Io { .. })));
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn retain_keeps_unrouted_endpoints_in_use_and_drops_idle_ones() {
+        let p = pool();
+        let routed = addr(30001);
+        let app = addr(30002);
+        let passthrough = addr(30003);
+        let idle = Duration::from_secs(60);
+        let live: HashSet<SocketAddr> = [routed].into_iter().collect();
+        let app_u = p.upstream(app);
+        for _ in 0..3 {
+            p.observe_rtt(&app_u, Duration::from_millis(2));
+        }
+        let ewma = app_u.ewma_ns.load(Ordering::Relaxed);
+        let _r = p.upstream(routed);
+        let _pt = p.upstream(passthrough);
+        // A configuration change right after use: everything stays, state included.
+        let t0 = p.now_ns();
+        p.retain_at(&live, t0, idle);
+        assert_eq!(p.endpoint_count(), 3);
+        assert!(Arc::ptr_eq(&app_u, &p.upstream(app)), "same endpoint, same connection");
+        assert_eq!(p.upstream(app).ewma_ns.load(Ordering::Relaxed), ewma, "latency state kept");
+        // The app keeps getting requests; the passthrough destination does not.
+        let t1 = t0 + idle.as_nanos() as u64 / 2;
+        drop(p.start_request(&app_u));
+        p.retain_at(&live, t1, idle);
+        assert_eq!(p.endpoint_count(), 3, "within the idle timeout nothing is dropped");
+        let t2 = t0 + idle.as_nanos() as u64 + 1;
+        drop(p.start_request(&app_u));
+        p.retain_at(&live, t2, idle);
+        assert!(Arc::ptr_eq(&app_u, &p.upstream(app)), "the app, used since the last sweep, is kept");
+        let held = p.upstreams.read().expect("map").keys().copied().collect::<HashSet<_>>();
+        assert_eq!(held, [routed, app].into_iter().collect(), "the idle passthrough is dropped");
+        // An outstanding request (a long stream) keeps an endpoint however long it runs.
+        let stream = p.start_request(&app_u);
+        for k in 2..6 {
+            p.retain_at(&live, t2 + k * idle.as_nanos() as u64, idle);
+        }
+        assert!(Arc::ptr_eq(&app_u, &p.upstream(app)), "an open stream keeps its endpoint");
+        drop(stream);
+        // Idle is counted from the last sweep that saw the stream open.
+        p.retain_at(&live, t2 + 5 * idle.as_nanos() as u64 + idle.as_nanos() as u64 / 2, idle);
+        assert!(p.upstreams.read().expect("map").contains_key(&app), "idle for less than the timeout");
+        p.retain_at(&live, t2 + 7 * idle.as_nanos() as u64, idle);
+        let held = p.upstreams.read().expect("map").keys().copied().collect::<HashSet<_>>();
+        assert_eq!(held, [routed].into_iter().collect(), "routed endpoints always stay; idle ones go");
     }
 }

@@ -17,6 +17,16 @@ use strait_routing::{
     Backend, BackendTarget, LookupError, RequestView, RoutingState, Rule, ServiceKey, with_authority,
 };
 
+/// Longest a mirrored call may take (connect, request, response), unless the caller's
+/// grpc-timeout is shorter: a mirror is a copy nobody waits for, and a stalled one
+/// (a server stream, a mirror that stopped reading) must not hold a task and its
+/// buffers for the life of the call. Cut off at the deadline, its stream is reset.
+pub const MIRROR_DEADLINE: Duration = Duration::from_secs(10);
+
+fn mirror_deadline(grpc_timeout: Option<Duration>) -> Duration {
+    grpc_timeout.map_or(MIRROR_DEADLINE, |t| t.min(MIRROR_DEADLINE))
+}
+
 pub struct Proxy {
     pub shared: Arc<SharedState>,
     /// Kubernetes mode: endpoints are watched on demand, per Service called.
@@ -223,7 +233,8 @@ impl Proxy {
                 let copy = body.add_mirror();
                 let mut req = Request::from_parts(clone_parts(&parts), body::boxed(copy));
                 *req.version_mut() = http::Version::HTTP_2;
-                tokio::spawn(send_mirror(self.pool.clone(), u, req));
+                let deadline = mirror_deadline(parts.headers.get(grpc::GRPC_TIMEOUT).and_then(grpc::parse_timeout));
+                tokio::spawn(send_mirror(self.pool.clone(), u, req, deadline));
             }
         }
         let deadline = parts.headers.get(grpc::GRPC_TIMEOUT).and_then(grpc::parse_timeout);
@@ -247,7 +258,7 @@ impl Proxy {
 
     /// The caller's request body, counted; a gRPC body also limited to
     /// `--max-grpc-message-bytes` per message (a refusal lands in `refused`).
-    fn request_body<B>(
+    fn request_body<B: http_body::Body>(
         &self,
         is_grpc: bool,
         incoming: B,
@@ -420,6 +431,16 @@ impl Proxy {
         grpc::error_response(is_grpc, r.code, &r.message)
     }
 
+    /// Upkeep after a configuration change (and periodically): drops pooled endpoints no
+    /// table names once they are idle (see [`Pool::retain`]). Destinations outside the
+    /// tables — the application behind a transparent inbound redirect, passthrough
+    /// destinations — keep their connections while in use: in Kubernetes mode a
+    /// change anywhere in the cluster publishes, and closing the pod's connection to
+    /// its application on each would fail or delay its calls.
+    pub fn prune_pool(&self) {
+        self.pool.retain(&self.live_endpoints());
+    }
+
     /// Every endpoint address the current tables can send to (connection pool upkeep).
     pub fn live_endpoints(&self) -> HashSet<SocketAddr> {
         let g = self.shared.load();
@@ -477,22 +498,25 @@ fn observe(
     Response::from_parts(parts, body::boxed(body))
 }
 
-async fn send_mirror(pool: Arc<Pool>, upstream: Arc<Upstream>, req: Request<ProxyBody>) {
+async fn send_mirror(pool: Arc<Pool>, upstream: Arc<Upstream>, req: Request<ProxyBody>, deadline: Duration) {
     let _guard = pool.start_request(&upstream);
-    let sender = match pool.sender(&upstream).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::debug!(error = %e, "mirror connect failed");
+    let addr = upstream.addr;
+    let sender = match tokio::time::timeout(deadline, pool.sender(&upstream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(mirror = %addr, error = %e, "mirror connect failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(mirror = %addr, ?deadline, "mirror connect outlived the mirror deadline");
             return;
         }
     };
-    match upstream::send_request(sender, req).await {
-        // The mirror's response is read and dropped so its stream completes cleanly.
-        Ok(resp) => {
-            let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
-        }
-        Err(SendError::Unsent { error, .. } | SendError::Failed(error)) => {
-            tracing::debug!(%error, "mirror request failed")
+    match upstream::send_mirror(sender, req, deadline).await {
+        Ok(discarded) => tracing::trace!(mirror = %addr, discarded, "mirror completed"),
+        Err(error) => {
+            telemetry::mirror_failed(&error);
+            tracing::debug!(mirror = %addr, %error, "mirror request did not complete")
         }
     }
 }
@@ -549,5 +573,94 @@ pub fn describe_rule(rule: &Rule) -> String {
         (None, _) => "default".into(),
         (Some(r), Some(name)) => format!("{r}#{name}"),
         (Some(r), None) => format!("{r}#{}", rule.rule_index),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    use std::sync::atomic::AtomicUsize;
+
+    /// An HTTP/2 server answering every request with grpc-status 0; counts the TCP
+    /// connections it accepted.
+    async fn app() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(tcp).await else { return };
+                    while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                        let mut head = http::Response::new(());
+                        head.headers_mut().insert("content-type", http::HeaderValue::from_static("application/grpc"));
+                        let Ok(mut send) = respond.send_response(head, false) else { continue };
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                        let _ = send.send_trailers(trailers);
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn proxy(inbound_app_addr: SocketAddr) -> Arc<Proxy> {
+        use clap::Parser;
+        let args = crate::config::Args::parse_from(["x", "--config-dir", "/tmp"]);
+        Arc::new(Proxy {
+            shared: crate::state::SharedState::new(),
+            demand: None,
+            pool: Pool::new(crate::pool::ClientConfig { connect_timeout: Duration::from_secs(2), h2: args.h2 }),
+            methods: MethodTable::default(),
+            namespace: "app".into(),
+            cluster_domain: "cluster.local".into(),
+            inbound_app_addr,
+            retry_budget: crate::retry::RetryBudget::new(0.2, 10),
+            route_metrics: telemetry::RouteMetricsCache::default(),
+            max_grpc_message_bytes: args.max_grpc_message_bytes,
+        })
+    }
+
+    /// Transparent inbound: the destination is the pod's IP and the app's port, which no
+    /// routing table names. A configuration change elsewhere (here: publishes of a new
+    /// generation, as every Service event in the cluster causes in Kubernetes mode)
+    /// must not close the pod's connection to its app.
+    #[tokio::test]
+    async fn configuration_changes_under_load_open_no_new_connection_to_the_app() {
+        let (app_addr, accepted) = app().await;
+        // The explicit-mode app address is another port: the transparent destination is
+        // not special-cased by it.
+        let proxy = proxy(SocketAddr::from(([127, 0, 0, 1], 9)));
+        let mut calls = Vec::new();
+        for round in 0..20 {
+            // A burst of calls in flight while the configuration changes.
+            for _ in 0..5 {
+                let p = proxy.clone();
+                calls.push(tokio::spawn(async move {
+                    let mut req = Request::new(http_body_util::Full::new(Bytes::from_static(b"\0\0\0\0\0")));
+                    *req.uri_mut() = "/pkg.App/Call".parse().expect("uri");
+                    req.headers_mut().insert("content-type", http::HeaderValue::from_static("application/grpc"));
+                    let resp = p.forward_to(Side::Inbound, req, app_addr).await.expect("infallible");
+                    let body = resp.into_body().collect().await.expect("body");
+                    body.trailers().and_then(grpc::status_of)
+                }));
+            }
+            proxy.shared.publish(strait_routing::RoutingState::default(), Default::default());
+            proxy.prune_pool();
+            if round % 5 == 4 {
+                for call in calls.drain(..) {
+                    assert_eq!(call.await.expect("task"), Some(0), "every call answered");
+                }
+            }
+        }
+        for call in calls {
+            assert_eq!(call.await.expect("task"), Some(0));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection to the app for 100 calls and 20 publishes");
     }
 }

@@ -13,6 +13,15 @@ use std::time::Instant;
 /// Distinct gRPC methods given their own label values; more become `other` so a caller
 /// sending random paths cannot grow the metric set without bound.
 const MAX_METHODS: usize = 2000;
+/// Longest `:path` given label values of its own. Real gRPC paths are a protobuf
+/// package, service and method name (`/pkg.v1.Service/Method`, rarely over 100 bytes);
+/// without this bound one key could be a whole header list (32 KiB), copied into every
+/// series and every `/metrics` scrape.
+const MAX_METHOD_PATH_LEN: usize = 256;
+/// Bytes of method names the table keeps in all (each name is stored once and shared
+/// by every series of the method). With [`MAX_METHOD_PATH_LEN`] and [`MAX_METHODS`]
+/// this bounds the label text a peer can make the proxy hold and render.
+const MAX_METHOD_TABLE_BYTES: usize = 128 * 1024;
 
 /// Installs the global recorder for counters and gauges (latency histograms are
 /// [`histogram::LATENCY`]); [`render`] writes `/metrics`.
@@ -119,35 +128,88 @@ impl MethodInfo {
     }
 }
 
+/// The label values of each gRPC method seen, bounded in count and bytes: a path that
+/// is no plausible gRPC method name, or that arrives once the table is full, is
+/// counted as `other`.
 #[derive(Default)]
 pub struct MethodTable {
-    methods: RwLock<HashMap<Box<str>, Arc<MethodInfo>>>,
+    methods: RwLock<MethodMap>,
+}
+
+#[derive(Default)]
+struct MethodMap {
+    /// Keyed by the `:path`; the key shares its bytes with the entry's labels.
+    by_path: HashMap<Arc<str>, Arc<MethodInfo>>,
+    /// Bytes of the keys in `by_path`.
+    bytes: usize,
+    other: Option<Arc<MethodInfo>>,
+}
+
+impl MethodMap {
+    fn other(&mut self) -> Arc<MethodInfo> {
+        self.other.get_or_insert_with(|| Arc::new(MethodInfo::new("other".into(), "other".into()))).clone()
+    }
+}
+
+/// `(service, method)` of a path shaped like a gRPC method of bounded length:
+/// `/` service `/` method, the service a dotted name and the method an identifier
+/// (protobuf's rules, so every real gRPC method qualifies).
+pub fn plausible_grpc_method(path: &str) -> Option<(&str, &str)> {
+    if path.len() > MAX_METHOD_PATH_LEN {
+        return None;
+    }
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    let identifier = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !identifier(method) || !service.split('.').all(identifier) {
+        return None;
+    }
+    Some((service, method))
+}
+
+/// Bytes kept for one method: its path as the key, plus the service and method labels.
+fn stored_bytes(path: &str) -> usize {
+    2 * path.len()
 }
 
 impl MethodTable {
     pub fn get(&self, path: &str) -> Arc<MethodInfo> {
-        if let Ok(map) = self.methods.read()
-            && let Some(info) = map.get(path)
-        {
+        if let Ok(map) = self.methods.read() {
+            if let Some(info) = map.by_path.get(path) {
+                return info.clone();
+            }
+            if let Some(other) = &map.other
+                && (plausible_grpc_method(path).is_none()
+                    || map.by_path.len() >= MAX_METHODS
+                    || map.bytes + stored_bytes(path) > MAX_METHOD_TABLE_BYTES)
+            {
+                return other.clone();
+            }
+        }
+        let Ok(mut map) = self.methods.write() else {
+            return Arc::new(MethodInfo::new("other".into(), "other".into()));
+        };
+        if let Some(info) = map.by_path.get(path) {
             return info.clone();
         }
-        let (service, method) = match strait_routing::RequestView::grpc_method(&strait_routing::RequestView {
-            path,
-            headers: &http::HeaderMap::new(),
-        }) {
-            Some((s, m)) => (s.to_owned(), m.to_owned()),
-            None => ("unknown".to_owned(), "unknown".to_owned()),
+        let Some((service, method)) = plausible_grpc_method(path) else {
+            return map.other();
         };
-        let Ok(mut map) = self.methods.write() else {
-            return Arc::new(MethodInfo::new(service.into(), method.into()));
-        };
-        if map.len() >= MAX_METHODS {
-            let other = map
-                .entry("<other>".into())
-                .or_insert_with(|| Arc::new(MethodInfo::new("other".into(), "other".into())));
-            return other.clone();
+        if map.by_path.len() >= MAX_METHODS || map.bytes + stored_bytes(path) > MAX_METHOD_TABLE_BYTES {
+            return map.other();
         }
-        map.entry(path.into()).or_insert_with(|| Arc::new(MethodInfo::new(service.into(), method.into()))).clone()
+        // Each name is stored once: every series of the method clones the `Arc`, not the
+        // text.
+        let key: Arc<str> = Arc::from(path);
+        let (service, method): (Arc<str>, Arc<str>) = (Arc::from(service), Arc::from(method));
+        let info = Arc::new(MethodInfo::new(SharedString::from_shared(service), SharedString::from_shared(method)));
+        map.bytes += stored_bytes(path);
+        map.by_path.insert(key, info.clone());
+        info
+    }
+
+    /// Methods with label values of their own, and the bytes of their names.
+    pub fn usage(&self) -> (usize, usize) {
+        self.methods.read().map(|m| (m.by_path.len(), m.bytes)).unwrap_or_default()
     }
 }
 
@@ -294,4 +356,67 @@ pub fn proxy_error(side: Side, reason: &'static str) {
         Side::Inbound => "inbound",
     };
     metrics::counter!("strait_proxy_errors_total", "direction" => side, "reason" => reason).increment(1);
+}
+
+/// Mirrored calls cut off before completing, by reason (`deadline`: still running at
+/// the mirror deadline; `reset`: the mirror's stream failed or was reset, e.g. because
+/// it fell behind the caller or the caller cancelled).
+pub fn mirror_failed(error: &crate::upstream::MirrorError) {
+    let reason = match error {
+        crate::upstream::MirrorError::Deadline(_) => "deadline",
+        crate::upstream::MirrorError::H2(_) => "reset",
+    };
+    metrics::counter!("strait_mirror_failures_total", "reason" => reason).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plausible_grpc_paths_are_methods() {
+        assert_eq!(plausible_grpc_method("/pkg.v1.Echo/Unary"), Some(("pkg.v1.Echo", "Unary")));
+        assert_eq!(plausible_grpc_method("/Greeter/Say_Hello2"), Some(("Greeter", "Say_Hello2")));
+        for bad in ["", "/", "/a", "//m", "/s/", "/s/m/x", "/a..b/m", "/.a/m", "/s/m?q=1", "/s p/m", "/s/m\u{e9}"] {
+            assert_eq!(plausible_grpc_method(bad), None, "{bad:?}");
+        }
+        let long = format!("/pkg.Service/{}", "M".repeat(MAX_METHOD_PATH_LEN));
+        assert_eq!(plausible_grpc_method(&long), None, "over the length bound");
+    }
+
+    #[test]
+    fn hostile_paths_share_one_other_entry_and_bytes_stay_bounded() {
+        let table = MethodTable::default();
+        let real = table.get("/pkg.v1.Echo/Unary");
+        assert_eq!((real.service.as_ref(), real.method.as_ref()), ("pkg.v1.Echo", "Unary"));
+        assert!(Arc::ptr_eq(&real, &table.get("/pkg.v1.Echo/Unary")), "one entry per method");
+        // A 30 KB path is no method name: `other`, and nothing of it is kept.
+        let huge = format!("/pkg.Service/{}", "A".repeat(30_000));
+        let other = table.get(&huge);
+        assert_eq!((other.service.as_ref(), other.method.as_ref()), ("other", "other"));
+        assert_eq!(table.usage().0, 1);
+        // Many distinct plausible names of the longest admitted length: the table stops at
+        // its byte budget (well before the count limit) and the rest are `other`.
+        let name = |i: usize| format!("/pkg.S{i:05}/{}", "m".repeat(MAX_METHOD_PATH_LEN - 12));
+        assert_eq!(name(0).len(), MAX_METHOD_PATH_LEN);
+        for i in 0..MAX_METHODS {
+            table.get(&name(i));
+        }
+        let (count, bytes) = table.usage();
+        assert!(bytes <= MAX_METHOD_TABLE_BYTES, "{bytes} bytes kept");
+        assert!(count < MAX_METHODS, "the byte budget binds first: {count} methods");
+        let late = table.get(&name(MAX_METHODS - 1));
+        assert!(Arc::ptr_eq(&late, &other), "a method past the budget is `other`");
+        assert_eq!(table.usage(), (count, bytes), "nothing more is stored");
+    }
+
+    #[test]
+    fn method_count_is_capped_for_short_names() {
+        let table = MethodTable::default();
+        for i in 0..MAX_METHODS + 10 {
+            table.get(&format!("/p.S/M{i}"));
+        }
+        assert_eq!(table.usage().0, MAX_METHODS);
+        assert_eq!(table.get("/p.S/Mnew").method.as_ref(), "other");
+    }
 }

@@ -114,6 +114,80 @@ pub async fn send_request(sender: SendRequest<Bytes>, req: Request<ProxyBody>) -
     Ok(head.map(H2Body::new))
 }
 
+/// Why a mirrored request did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    #[error("mirror did not complete within {0:?}; its stream was reset")]
+    Deadline(Duration),
+    #[error("mirror stream failed: {0}")]
+    H2(#[from] h2::Error),
+}
+
+/// How the proxy resets a mirror's stream it abandons. Not CANCEL: tonic servers read
+/// a request stream reset with CANCEL as the stream's clean end (tonic 0.14,
+/// `codec/decode.rs`) and would commit the truncated request; INTERNAL_ERROR fails
+/// the request at every gRPC server.
+pub const MIRROR_RESET: Reason = Reason::INTERNAL_ERROR;
+
+/// Sends a mirror's copy of a request and reads its response only to drop it, frame by
+/// frame as it arrives (a mirrored server stream holds no more than one frame), all
+/// within `deadline`; returns the response bytes discarded. The request body is
+/// copied by this same task. A request body that fails (the mirror fell behind, the
+/// caller cancelled) resets the stream with [`MIRROR_RESET`], and so does the
+/// deadline while the request is still being sent: the mirror never sees a truncated
+/// request end cleanly, and the call never outlives `deadline`.
+pub async fn send_mirror(
+    sender: SendRequest<Bytes>,
+    req: Request<ProxyBody>,
+    deadline: Duration,
+) -> Result<u64, MirrorError> {
+    // Outside the exchange so the deadline can reset a stream still being sent.
+    let mut pipe: Option<BodyPipe> = None;
+    let exchange = async {
+        let mut sender = sender.ready().await?;
+        let (mut parts, body) = req.into_parts();
+        strip_connection_headers(&mut parts.headers, true);
+        let end_of_stream = body.is_end_stream();
+        let (mut response, stream) = sender.send_request(Request::from_parts(parts, ()), end_of_stream)?;
+        pipe = (!end_of_stream).then(|| BodyPipe::new(body, stream, MIRROR_RESET));
+        let mut drive_pipe = |cx: &mut std::task::Context<'_>| {
+            if let Some(p) = pipe.as_mut()
+                && Pin::new(p).poll(cx).is_ready()
+            {
+                pipe = None;
+            }
+        };
+        let head = std::future::poll_fn(|cx| {
+            drive_pipe(cx);
+            Pin::new(&mut response).poll(cx)
+        })
+        .await?;
+        let mut body = H2Body::new(head.into_body());
+        let mut discarded = 0u64;
+        std::future::poll_fn(|cx| {
+            loop {
+                drive_pipe(cx);
+                match std::task::ready!(Pin::new(&mut body).poll_frame(cx)) {
+                    Some(Ok(frame)) => {
+                        discarded += frame.data_ref().map_or(0, |d| d.len() as u64);
+                    }
+                    Some(Err(e)) => return Poll::Ready(Err(e)),
+                    None => return Poll::Ready(Ok(())),
+                }
+            }
+        })
+        .await?;
+        Ok(discarded)
+    };
+    let result = tokio::time::timeout(deadline, exchange).await.unwrap_or(Err(MirrorError::Deadline(deadline)));
+    if result.is_err()
+        && let Some(p) = pipe.as_mut()
+    {
+        p.reset();
+    }
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,5 +404,105 @@ mod tests {
             }
             other => panic!("expected Unsent, got {:?}", other.map(|r| r.status())),
         }
+    }
+
+    /// How a request body ended at a server: its bytes and clean end, or the reset reason.
+    type Arrival = Result<usize, Option<Reason>>;
+
+    /// A server that records how each request body ended and answers with
+    /// `response_frames` DATA frames of 16 KiB and trailers (after the request ends) —
+    /// or with headers only and never an end, when `response_frames` is None.
+    async fn recording_server(
+        io: tokio::io::DuplexStream,
+        response_frames: Option<usize>,
+        arrivals: tokio::sync::mpsc::UnboundedSender<Arrival>,
+    ) {
+        let mut conn = h2::server::handshake(io).await.expect("server handshake");
+        while let Some(Ok((req, mut respond))) = conn.accept().await {
+            let arrivals = arrivals.clone();
+            tokio::spawn(async move {
+                let mut body = req.into_body();
+                let mut send = respond.send_response(Response::new(()), false).expect("respond");
+                let mut received = 0;
+                let arrival = loop {
+                    match body.data().await {
+                        Some(Ok(chunk)) => {
+                            received += chunk.len();
+                            let _ = body.flow_control().release_capacity(chunk.len());
+                        }
+                        Some(Err(e)) => break Err(e.reason()),
+                        None => break Ok(received),
+                    }
+                };
+                let ended = arrival.is_ok();
+                let _ = arrivals.send(arrival);
+                match response_frames {
+                    Some(n) if ended => {
+                        for _ in 0..n {
+                            send.reserve_capacity(16 * 1024);
+                            if std::future::poll_fn(|cx| send.poll_capacity(cx)).await.is_none() {
+                                return;
+                            }
+                            if send.send_data(Bytes::from(vec![7u8; 16 * 1024]), false).is_err() {
+                                return;
+                            }
+                        }
+                        let mut trailers = HeaderMap::new();
+                        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                        let _ = send.send_trailers(trailers);
+                    }
+                    _ => {
+                        // Never ends the response; waits for the client to reset it.
+                        let _ = std::future::poll_fn(|cx| send.poll_reset(cx)).await;
+                    }
+                }
+            });
+        }
+    }
+
+    async fn recording_upstream(
+        response_frames: Option<usize>,
+    ) -> (UpstreamConnection, tokio::sync::mpsc::UnboundedReceiver<Arrival>) {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(recording_server(b, response_frames, tx));
+        (connect_over(a).await, rx)
+    }
+
+    #[tokio::test]
+    async fn mirror_drains_a_long_response_and_completes() {
+        let (conn, mut arrivals) = recording_upstream(Some(200)).await;
+        let body = crate::body::boxed(http_body_util::Full::new(Bytes::from_static(b"\0\0\0\0\x02hi")));
+        let discarded =
+            send_mirror(conn.sender.clone(), request(body), Duration::from_secs(10)).await.expect("completes");
+        // 3.2 MB through 64 KiB windows: read (and dropped) as it arrived.
+        assert_eq!(discarded, 200 * 16 * 1024);
+        assert_eq!(arrivals.recv().await, Some(Ok(7)));
+    }
+
+    #[tokio::test]
+    async fn a_failing_mirror_body_resets_the_stream() {
+        let (conn, mut arrivals) = recording_upstream(Some(1)).await;
+        let frames: Vec<Result<Frame<Bytes>, crate::body::BoxError>> =
+            vec![Ok(Frame::data(Bytes::from_static(b"part of a stream"))), Err("the mirror fell behind".into())];
+        let body = crate::body::boxed(http_body_util::StreamBody::new(futures::stream::iter(frames)));
+        let sent = send_mirror(conn.sender.clone(), request(body), Duration::from_secs(10)).await;
+        assert!(sent.is_err(), "a cut-off mirror does not complete");
+        let arrival = tokio::time::timeout(Duration::from_secs(5), arrivals.recv()).await.expect("arrived");
+        assert_eq!(arrival, Some(Err(Some(MIRROR_RESET))), "RST_STREAM(INTERNAL_ERROR), never END_STREAM");
+    }
+
+    #[tokio::test]
+    async fn a_mirror_past_its_deadline_is_reset() {
+        // The request streams on (its caller's body is still open); the response never ends.
+        let (conn, mut arrivals) = recording_upstream(None).await;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, crate::body::BoxError>>(1);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"first")))).await.expect("queued");
+        let body = crate::body::boxed(http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)));
+        let sent = send_mirror(conn.sender.clone(), request(body), Duration::from_millis(300)).await;
+        assert!(matches!(sent, Err(MirrorError::Deadline(_))), "{sent:?}");
+        let arrival = tokio::time::timeout(Duration::from_secs(5), arrivals.recv()).await.expect("arrived");
+        assert_eq!(arrival, Some(Err(Some(MIRROR_RESET))));
+        drop(tx);
     }
 }
