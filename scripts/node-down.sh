@@ -3,9 +3,8 @@
 # pods (stopped through kubelet when it still runs, so CNI releases their network),
 # then every process (by pid: the pid files, processes whose command line names the node
 # dir — containerd's shims — and those in kubelet's kubepods cgroups), mounts under the
-# node dir and the pods' network namespaces, the strait-cni0 bridge and strait-node0
-# link, the KUBE-*/CNI-* iptables and ip6tables chains and the rules that jump to them,
-# kubepods cgroups, conntrack entries of the pod and service ranges, the host sysctls
+# node dir and the pods' network namespaces, the strait-cni0 bridge, the KUBE-*/CNI-*
+# iptables and ip6tables chains and the rules that jump to them, kubepods cgroups, conntrack entries of the pod and service ranges, the host sysctls
 # (written back as they were), the directories containerd/CNI/kubelet made outside the
 # node dir, and the node dir itself.
 #
@@ -20,15 +19,23 @@ source scripts/node-lib.sh
 
 [[ $EUID -eq 0 ]] || node_die "run as root"
 
-# Pids of processes whose command line names the node dir (our daemons and containerd's
-# shims, which outlive containerd), and of processes in kubelet's pod cgroups.
-our_pids() {
+# Pids of containerd's shims (they outlive containerd; their command line names our
+# containerd's socket) and of the processes in kubelet's pod cgroups (the containers).
+runtime_pids() {
   local p
   for p in /proc/[0-9]*; do
-    [[ "${p#/proc/}" == "$$" ]] && continue
-    if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q -- "$NODE_DIR/"; then echo "${p#/proc/}"; fi
+    if tr '\0' ' ' 2>/dev/null <"$p/cmdline" | grep -q -- "-address $CONTAINERD_SOCK"; then echo "${p#/proc/}"; fi
   done
   find /sys/fs/cgroup/*/kubepods -name cgroup.procs -exec cat {} + 2>/dev/null
+}
+
+# The node's daemons (pid files) and runtime_pids.
+our_pids() {
+  local name
+  for name in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy; do
+    node_pid "$name" || true
+  done
+  runtime_pids
 }
 
 # kill_wait SECONDS PID...: SIGTERM, then SIGKILL whatever is left after SECONDS.
@@ -84,10 +91,9 @@ clean_iptables() {
 leftovers() {
   local p
   for p in $(our_pids | sort -u); do
-    echo "process $p: $(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | cut -c1-120)"
+    echo "process $p: $(tr '\0' ' ' 2>/dev/null <"/proc/$p/cmdline" | cut -c1-120)"
   done
   findmnt -rn -o TARGET | grep -E "^($NODE_DIR/|/run/containerd/|/var/run/netns/cni-|/run/netns/cni-)" | sed 's/^/mount /'
-  ip -o link show "$NODE_LINK" 2>/dev/null | sed 's/^/link /' | cut -c1-80
   ip -o link show "$POD_BRIDGE" 2>/dev/null | sed 's/^/link /' | cut -c1-80
   ip -o link show master "$POD_BRIDGE" 2>/dev/null | sed 's/^/link /' | cut -c1-80
   if [[ -r "$NODE_DIR/host/netns" ]]; then
@@ -180,8 +186,8 @@ sort -u -o "$NODE_DIR/host/netns" "$NODE_DIR/host/netns"
 
 # 4. Every process: containerd, its shims, containers, the control plane.
 stop_component containerd
-mapfile -t pids < <(our_pids | sort -u)
-((${#pids[@]})) && { kill_wait 5 "${pids[@]}"; node_log "stopped shims/containers: ${pids[*]}"; }
+mapfile -t pids < <(runtime_pids | sort -u)
+((${#pids[@]})) && { kill_wait 5 "${pids[@]}"; node_log "stopped shims and containers: ${pids[*]}"; }
 stop_component kube-apiserver
 stop_component etcd
 mapfile -t pids < <(our_pids | sort -u)
@@ -206,7 +212,6 @@ for veth in $(ip -o link show master "$POD_BRIDGE" 2>/dev/null | awk -F': ' '{pr
   ip link del "$veth" 2>/dev/null
 done
 ip link del "$POD_BRIDGE" 2>/dev/null
-ip link del "$NODE_LINK" 2>/dev/null
 clean_iptables
 for range in "$POD_CIDR" "$SERVICE_CIDR"; do
   conntrack -D -s "$range" >/dev/null 2>&1

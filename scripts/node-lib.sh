@@ -3,19 +3,21 @@
 #
 # Addresses are chosen not to collide with the e2e tests (bridges 10.252.x.0/24, the
 # testenv's service range 10.96.0.0/16):
-#   pods       10.244.0.0/24   on bridge strait-cni0 (gateway 10.244.0.1)
+#   pods       10.244.0.0/24   on bridge strait-cni0
 #   services   10.97.0.0/24    (10.97.0.1 is the `kubernetes` Service)
-#   node       10.244.255.1/32 on the dummy link strait-node0: etcd, kube-apiserver, kubelet,
-#              kube-proxy, controller-manager and scheduler listen here only, never on
-#              0.0.0.0, and pods reach the API server at it (or at 10.97.0.1).
+#   node       10.244.0.1      the bridge's own address (the pods' gateway): etcd,
+#              kube-apiserver, kubelet, kube-proxy, controller-manager and scheduler listen
+#              here only, never on 0.0.0.0, and pods reach the API server at it (or at
+#              10.97.0.1). node-up.sh creates the bridge before the API server starts; the
+#              CNI bridge plugin then finds it and adds the pods' veths. (This kernel has no
+#              dummy link driver: `ip link add ... type dummy` answers "Unknown device type".)
 
 NODE_DIR="${STRAIT_NODE_DIR:-/tmp/strait-node}"
 NODE_NAME="strait-node"
-NODE_IP="10.244.255.1"
-NODE_LINK="strait-node0"
 POD_CIDR="10.244.0.0/24"
 POD_GATEWAY="10.244.0.1"
 POD_BRIDGE="strait-cni0"
+NODE_IP="$POD_GATEWAY"
 SERVICE_CIDR="10.97.0.0/24"
 SERVICE_APISERVER_IP="10.97.0.1"
 CNI_NETWORK="strait-node"
@@ -67,6 +69,6 @@ node_pid() {
   [[ -r "$f" ]] || return 1
   pid="$(cat "$f")"
   [[ -n "$pid" && -d "/proc/$pid" ]] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$NODE_DIR" || return 1
+  tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q -- "$NODE_DIR" || return 1
   echo "$pid"
 }

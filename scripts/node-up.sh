@@ -45,10 +45,10 @@ for d in /run/containerd /var/run/netns /var/lib/cni /var/log/containers; do
 done
 touch "$NODE_DIR/host/created-dirs"
 
-# ---- network: the node's address and forwarding ---------------------------------------
-ip link add "$NODE_LINK" type dummy
-ip addr add "$NODE_IP/32" dev "$NODE_LINK"
-ip link set "$NODE_LINK" up
+# ---- network: the pod bridge (also the node's address) and forwarding ---------------------------------------
+ip link add "$POD_BRIDGE" type bridge
+ip addr add "$POD_GATEWAY/${POD_CIDR#*/}" dev "$POD_BRIDGE"
+ip link set "$POD_BRIDGE" up
 modprobe br_netfilter 2>/dev/null || true
 # Pod -> ClusterIP -> pod on the same bridge is DNAT'ed by kube-proxy's iptables rules,
 # which only see bridged packets with bridge-nf-call-iptables; the DNAT'ed packet is then
