@@ -139,7 +139,7 @@ wait_up() {
     ((SECONDS < deadline)) || { node_log "$name not ready after ${secs}s"; tail -n 30 "$NODE_DIR/logs/$name.log" >&2; exit 1; }
     sleep 1
   done
-  node_log "$name up ($((SECONDS - start_all))s)"
+  node_log "${UP_WHAT:-$name up} ($((SECONDS - start_all))s)"
 }
 https_ok() { curl -sfk --max-time 3 "$1" | grep -qx ok; }
 
@@ -357,6 +357,6 @@ wait_up kube-proxy 60 curl -sf --max-time 3 "http://$NODE_IP:10256/healthz"
 
 # ---- the Node is Ready -----------------------------------------------------------------
 node_ready() { [[ "$(kubectl get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" == True ]]; }
-wait_up kubelet 120 node_ready
-node_log "node $NODE_NAME Ready; cluster up in $((SECONDS - start_all))s"
+UP_WHAT="node $NODE_NAME Ready" wait_up kubelet 120 node_ready
+node_log "cluster up in $((SECONDS - start_all))s"
 echo "export KUBECONFIG=$KUBECONFIG_ADMIN"
