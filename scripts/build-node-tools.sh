@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Builds the node's Kubernetes binaries (kubelet, kube-proxy, kube-controller-manager,
 # kube-scheduler) from the Go module in tools/kube-node/ — the same k8s.io/kubernetes
-# v1.36.3 module graph as tools/kube-apiserver — into a content-addressed cache directory:
+# v1.36.3 module graph as tools/kube-apiserver — and CoreDNS from tools/coredns/ (its own
+# module graph: CoreDNS pins its own client-go), into a content-addressed cache directory:
 #
-#   ${STRAIT_CACHE:-$HOME/.cache/strait}/bin/node-<key>/{kubelet,kube-proxy,kube-controller-manager,kube-scheduler}
+#   ${STRAIT_CACHE:-$HOME/.cache/strait}/bin/node-<key>/{kubelet,kube-proxy,kube-controller-manager,kube-scheduler,coredns}
 #   ${STRAIT_CACHE:-$HOME/.cache/strait}/bin/node-current -> node-<key>   (stable symlink)
 #
-# <key> is the sha256 of tools/kube-node/{go.mod,go.sum,*/main.go}, the Go version, the
-# CGO setting and the ldflags: when none of those changed, nothing is rebuilt.
+# <key> is the sha256 of tools/kube-node/{go.mod,go.sum,*/main.go}, tools/coredns/{go.mod,
+# go.sum,main.go}, the Go version, the CGO setting and the ldflags: when none of those
+# changed, nothing is rebuilt. coredns is built static (CGO_ENABLED=0): it is the only
+# file of its container image.
 # scripts/build-kube-tools.sh (kube-apiserver, etcd, kubectl) is untouched by this one;
 # node-up.sh calls both.
 #
@@ -41,9 +44,14 @@ compute_key() {
       echo "== tools/kube-node/$b/main.go"
       cat "tools/kube-node/$b/main.go"
     done
+    for f in go.mod go.sum main.go; do
+      echo "== tools/coredns/$f"
+      cat "tools/coredns/$f"
+    done
     echo "== go: $(go version)"
     echo "== cgo: $(go env CGO_ENABLED) goflags: $(go env GOFLAGS)"
     echo "== ldflags: $ldflags"
+    echo "== coredns: CGO_ENABLED=0 -ldflags '-s -w'"
   } | sha256sum | cut -c1-16
 }
 
@@ -56,7 +64,7 @@ build() {
   exec 8>"$bin_root/.node-lock"
   flock 8
   local complete=1
-  for b in "${BINARIES[@]}"; do [[ -x "$dir/$b" ]] || complete=0; done
+  for b in "${BINARIES[@]}" coredns; do [[ -x "$dir/$b" ]] || complete=0; done
   if ((complete)); then
     log "node tools up to date ($dir)"
   else
@@ -64,10 +72,11 @@ build() {
     tmp="$(mktemp -d "$bin_root/.node-build.XXXXXX")"
     chmod 755 "$tmp"
     trap 'rm -rf "$tmp"' EXIT
-    log "building ${BINARIES[*]} ${KUBE_VERSION} into $dir (first build takes many minutes)"
+    log "building ${BINARIES[*]} ${KUBE_VERSION} and coredns into $dir (first build takes many minutes)"
     # One `go build` for all four: packages shared between them are compiled once.
     (cd tools/kube-node && go build -trimpath -ldflags "$ldflags" -o "$tmp/" "${BINARIES[@]/#/./}")
-    for b in "${BINARIES[@]}"; do [[ -x "$tmp/$b" ]] || { log "go build did not produce $b"; exit 1; }; done
+    (cd tools/coredns && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$tmp/coredns" .)
+    for b in "${BINARIES[@]}" coredns; do [[ -x "$tmp/$b" ]] || { log "go build did not produce $b"; exit 1; }; done
     rm -rf "$dir"
     mv "$tmp" "$dir"
     trap - EXIT

@@ -6,15 +6,19 @@
 #                                                     containerd's sandbox_image
 #   OUTDIR/busybox.tar  localhost/strait/busybox:1.0  Debian's static busybox with its applet
 #                                                     links: the test workload (sh, httpd, wget)
+#   OUTDIR/coredns.tar  localhost/strait/coredns:1.15.0  CoreDNS (static, from
+#                                                     scripts/build-node-tools.sh), when its
+#                                                     path is given
 #
 # Each image is one gzip layer; tar and gzip run with fixed owners, times and order, so the
-# same inputs give the same digests. Usage: scripts/node-images.sh OUTDIR
+# same inputs give the same digests. Usage: scripts/node-images.sh OUTDIR [COREDNS_BINARY]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out="${1:?usage: node-images.sh OUTDIR}"
+out="${1:?usage: node-images.sh OUTDIR [COREDNS_BINARY]}"
+coredns="${2:-}"
 mkdir -p "$out"
-PAUSE_IMAGE="localhost/strait/pause:1.0"
-BUSYBOX_IMAGE="localhost/strait/busybox:1.0"
+# shellcheck source=scripts/node-lib.sh
+source scripts/node-lib.sh  # image names
 
 log() { echo "node-images: $*" >&2; }
 sha() { sha256sum "$1" | cut -d' ' -f1; }
@@ -91,3 +95,10 @@ done
 printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$tmp/busybox/etc/passwd"
 printf 'root:x:0:\nnogroup:x:65534:\n' >"$tmp/busybox/etc/group"
 pack "$BUSYBOX_IMAGE" "$tmp/busybox" '{"Cmd":["/bin/sh"],"Env":["PATH=/bin"]}' "$out/busybox.tar"
+
+if [[ -n "$coredns" ]]; then
+  file -L "$coredns" | grep -q 'statically linked' || { log "$coredns is not static"; exit 1; }
+  mkdir -p "$tmp/coredns/etc/coredns"
+  cp "$coredns" "$tmp/coredns/coredns"
+  pack "$COREDNS_IMAGE" "$tmp/coredns" '{"Entrypoint":["/coredns"],"Cmd":["-conf","/etc/coredns/Corefile"],"ExposedPorts":{"53/tcp":{},"53/udp":{}}}' "$out/coredns.tar"
+fi

@@ -4,7 +4,7 @@
 # Addresses are chosen not to collide with the e2e tests (bridges 10.252.x.0/24, the
 # testenv's service range 10.96.0.0/16):
 #   pods       10.244.0.0/24   on bridge strait-cni0
-#   services   10.97.0.0/24    (10.97.0.1 is the `kubernetes` Service)
+#   services   10.97.0.0/24    (10.97.0.1 is the `kubernetes` Service, 10.97.0.10 kube-dns)
 #   node       10.244.0.1      the bridge's own address (the pods' gateway): etcd,
 #              kube-apiserver, kubelet, kube-proxy, controller-manager and scheduler listen
 #              here only, never on 0.0.0.0, and pods reach the API server at it (or at
@@ -20,11 +20,14 @@ POD_BRIDGE="strait-cni0"
 NODE_IP="$POD_GATEWAY"
 SERVICE_CIDR="10.97.0.0/24"
 SERVICE_APISERVER_IP="10.97.0.1"
+CLUSTER_DNS_IP="10.97.0.10"
+CLUSTER_DOMAIN="cluster.local"
 CNI_NETWORK="strait-node"
 CNI_BIN_DIR="/usr/lib/cni"
 APISERVER_PORT=6443
 PAUSE_IMAGE="localhost/strait/pause:1.0"
 BUSYBOX_IMAGE="localhost/strait/busybox:1.0"
+COREDNS_IMAGE="localhost/strait/coredns:1.15.0"
 CONTAINERD_SOCK="$NODE_DIR/containerd/containerd.sock"
 KUBECONFIG_ADMIN="$NODE_DIR/kubeconfigs/admin.kubeconfig"
 

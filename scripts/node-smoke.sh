@@ -5,8 +5,11 @@
 #      Ready pod (its readiness probe is an HTTP GET from kubelet to the pod's IP);
 #   3. `kubectl logs` shows what the container printed;
 #   4. `kubectl exec` runs a command in it (and sees the pod's hostname and IP);
-#   5. a ClusterIP Service reaches it from another pod (kube-proxy's iptables DNAT), and
-#      the `kubernetes` Service (10.97.0.1) reaches the API server from a pod.
+#   5. a ClusterIP Service reaches it from another pod (kube-proxy's iptables DNAT);
+#   6. CoreDNS resolves the Service's name, and its short name works through the pod's
+#      search path;
+#   7. the `kubernetes` Service (10.97.0.1) reaches the API server from a pod, and the
+#      pod's ServiceAccount token authenticates.
 # Each step waits for its condition with a deadline; timings go to stderr.
 # Everything it creates is in namespace strait-smoke, deleted at the end.
 set -euo pipefail
@@ -93,6 +96,15 @@ for _ in $(seq 1 20); do
 done
 [[ "$body" == "hello from $pod" ]] || fail "GET http://$svc_ip/ from pod client ($client_ip) returned '$body'"
 step "ClusterIP $svc_ip:80 -> $pod from pod client ($client_ip): '$body'"
+
+# DNS: CoreDNS (kube-dns at CLUSTER_DNS_IP) resolves the Service's name to its ClusterIP,
+# and the pod's search path lets the short name reach it.
+answer="$(k -n "$ns" exec client -- nslookup "web.$ns.svc.$CLUSTER_DOMAIN" 2>&1)" ||
+  fail "nslookup web.$ns.svc.$CLUSTER_DOMAIN from pod client failed: $answer"
+grep -q "Address: $svc_ip\$" <<<"$answer" || fail "nslookup web.$ns.svc.$CLUSTER_DOMAIN answered: $answer"
+body="$(k -n "$ns" exec client -- timeout 5 wget -qO- "http://web/index.html" 2>&1)" || true
+[[ "$body" == "hello from $pod" ]] || fail "GET http://web/ (short name) from pod client returned '$body'"
+step "DNS: web.$ns.svc.$CLUSTER_DOMAIN -> $svc_ip via $CLUSTER_DNS_IP; http://web/ by short name: '$body'"
 
 # The API server through the `kubernetes` Service from a pod (TCP through kube-proxy's
 # DNAT to the API server's address): a plain HTTP request to its TLS port gets Go's

@@ -267,13 +267,14 @@ ctr() { /usr/bin/ctr --address "$CONTAINERD_SOCK" "$@"; }
 wait_up containerd 60 ctr version
 
 # Images: built here (no registry), imported into the namespace the CRI plugin uses.
-scripts/node-images.sh "$NODE_DIR/images"
-for img in pause busybox; do
+scripts/node-images.sh "$NODE_DIR/images" "$NODE_BIN/coredns"
+for img in pause busybox coredns; do
   ctr -n k8s.io images import "$NODE_DIR/images/$img.tar" >/dev/null
 done
 ctr -n k8s.io images ls -q | grep -qx "$PAUSE_IMAGE" || node_die "import of $PAUSE_IMAGE failed"
 ctr -n k8s.io images ls -q | grep -qx "$BUSYBOX_IMAGE" || node_die "import of $BUSYBOX_IMAGE failed"
-node_log "images imported: $PAUSE_IMAGE, $BUSYBOX_IMAGE"
+ctr -n k8s.io images ls -q | grep -qx "$COREDNS_IMAGE" || node_die "import of $COREDNS_IMAGE failed"
+node_log "images imported: $PAUSE_IMAGE, $BUSYBOX_IMAGE, $COREDNS_IMAGE"
 
 # ---- kubelet ---------------------------------------------------------------------------
 cat >"$NODE_DIR/config/kubelet.yaml" <<EOF
@@ -298,9 +299,11 @@ failCgroupV1: false
 cgroupDriver: cgroupfs
 containerRuntimeEndpoint: unix://$CONTAINERD_SOCK
 podLogsDir: $NODE_DIR/pod-logs
-# No CoreDNS yet: pods get the host's resolv.conf.
-clusterDomain: cluster.local
-resolvConf: /etc/resolv.conf
+# CoreDNS (deployed below) answers for the cluster domain. resolvConf "": pods get no
+# search domain or nameserver of the host's, so no pod query leaves the machine.
+clusterDNS: [$CLUSTER_DNS_IP]
+clusterDomain: $CLUSTER_DOMAIN
+resolvConf: ""
 # A negative oom_score_adj is refused on this machine.
 oomScoreAdj: 0
 rotateCertificates: false
@@ -358,5 +361,109 @@ wait_up kube-proxy 60 curl -sf --max-time 3 "http://$NODE_IP:10256/healthz"
 # ---- the Node is Ready -----------------------------------------------------------------
 node_ready() { [[ "$(kubectl get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" == True ]]; }
 UP_WHAT="node $NODE_NAME Ready" wait_up kubelet 120 node_ready
+
+# ---- CoreDNS (kube-dns Service) --------------------------------------------------------
+# Upstream's deployment (coredns/deployment kubernetes/coredns.yaml.sed), trimmed: one
+# replica, no forward plugin (nothing to forward to), the locally built image.
+cat >"$NODE_DIR/config/coredns.yaml" <<EOF
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: coredns, namespace: kube-system}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "system:coredns"}
+rules:
+- apiGroups: [""]
+  resources: [endpoints, services, pods, namespaces]
+  verbs: [list, watch]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "system:coredns"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:coredns"}
+subjects: [{kind: ServiceAccount, name: coredns, namespace: kube-system}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: coredns, namespace: kube-system}
+data:
+  Corefile: |
+    .:53 {
+        errors
+        health {
+            lameduck 2s
+        }
+        ready
+        kubernetes $CLUSTER_DOMAIN in-addr.arpa ip6.arpa {
+            pods insecure
+            fallthrough in-addr.arpa ip6.arpa
+            ttl 30
+        }
+        cache 30
+        reload
+        loadbalance
+    }
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: coredns
+  namespace: kube-system
+  labels: {k8s-app: kube-dns}
+spec:
+  replicas: 1
+  selector: {matchLabels: {k8s-app: kube-dns}}
+  template:
+    metadata: {labels: {k8s-app: kube-dns}}
+    spec:
+      serviceAccountName: coredns
+      priorityClassName: system-cluster-critical
+      dnsPolicy: Default
+      terminationGracePeriodSeconds: 3
+      containers:
+      - name: coredns
+        image: $COREDNS_IMAGE
+        imagePullPolicy: Never
+        args: ["-conf", "/etc/coredns/Corefile"]
+        volumeMounts: [{name: config, mountPath: /etc/coredns, readOnly: true}]
+        ports:
+        - {containerPort: 53, name: dns, protocol: UDP}
+        - {containerPort: 53, name: dns-tcp, protocol: TCP}
+        securityContext:
+          allowPrivilegeEscalation: false
+          capabilities: {add: [NET_BIND_SERVICE], drop: [ALL]}
+          readOnlyRootFilesystem: true
+        livenessProbe:
+          httpGet: {path: /health, port: 8080}
+          periodSeconds: 10
+        readinessProbe:
+          httpGet: {path: /ready, port: 8181}
+          periodSeconds: 1
+      volumes:
+      - name: config
+        configMap:
+          name: coredns
+          items: [{key: Corefile, path: Corefile}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: kube-dns
+  namespace: kube-system
+  labels: {k8s-app: kube-dns}
+spec:
+  selector: {k8s-app: kube-dns}
+  clusterIP: $CLUSTER_DNS_IP
+  ports:
+  - {name: dns, port: 53, protocol: UDP}
+  - {name: dns-tcp, port: 53, protocol: TCP}
+EOF
+kubectl apply -f "$NODE_DIR/config/coredns.yaml" >/dev/null
+coredns_ready() { kubectl -n kube-system rollout status deployment/coredns --timeout=2s; }
+UP_WHAT="CoreDNS Ready at $CLUSTER_DNS_IP" wait_up kubelet 120 coredns_ready
 node_log "cluster up in $((SECONDS - start_all))s"
 echo "export KUBECONFIG=$KUBECONFIG_ADMIN"
