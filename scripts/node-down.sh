@@ -24,7 +24,7 @@ source scripts/node-lib.sh
 runtime_pids() {
   local p
   for p in /proc/[0-9]*; do
-    if tr '\0' ' ' 2>/dev/null <"$p/cmdline" | grep -q -- "-address $CONTAINERD_SOCK"; then echo "${p#/proc/}"; fi
+    [[ "$(tr '\0' ' ' 2>/dev/null <"$p/cmdline")" == *"-address $CONTAINERD_SOCK"* ]] && echo "${p#/proc/}"
   done
   find /sys/fs/cgroup/*/kubepods -name cgroup.procs -exec cat {} + 2>/dev/null
 }
@@ -61,7 +61,9 @@ stop_component() {
   fi
 }
 
-ctr() { /usr/bin/ctr --address "$CONTAINERD_SOCK" "$@"; }
+# The ctr that goes with the containerd node-up started (scripts/node-up.sh writes it).
+CTR="$(cat "$NODE_DIR/host/ctr" 2>/dev/null || echo /usr/bin/ctr)"
+ctr() { "$CTR" --address "$CONTAINERD_SOCK" "$@"; }
 
 # Rules in built-in (or any non-KUBE/CNI) chains that jump to KUBE-*/CNI-* chains, then
 # those chains: deleted in one iptables-restore --noflush per table and family.
@@ -152,7 +154,8 @@ if [[ -n "$KUBECTL" ]] && node_pid kubelet >/dev/null && node_pid kube-apiserver
   k() { "$KUBECTL" --kubeconfig "$KUBECONFIG_ADMIN" --request-timeout=10s "$@"; }
   k delete pods --all --all-namespaces --grace-period=1 --wait=false >/dev/null 2>&1
   no_pods() { [[ -z "$(k get pods --all-namespaces -o name 2>/dev/null)" ]] && k get --raw /readyz >/dev/null 2>&1; }
-  no_running_tasks() { ! ctr -n k8s.io tasks ls 2>/dev/null | grep -q RUNNING; }
+  # (Read whole: with pipefail, `ctr | grep -q` can fail on SIGPIPE when grep stops early.)
+  no_running_tasks() { local tasks; tasks="$(ctr -n k8s.io tasks ls 2>/dev/null)" && ! grep -q RUNNING <<<"$tasks"; }
   if wait_for 60 no_pods && wait_for 30 no_running_tasks; then
     node_log "pods deleted through kubelet ($((SECONDS - start))s)"
   else

@@ -72,6 +72,6 @@ node_pid() {
   [[ -r "$f" ]] || return 1
   pid="$(cat "$f")"
   [[ -n "$pid" && -d "/proc/$pid" ]] || return 1
-  tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q -- "$NODE_DIR" || return 1
+  [[ "$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline")" == *"$NODE_DIR"* ]] || return 1
   echo "$pid"
 }

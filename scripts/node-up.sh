@@ -25,6 +25,13 @@ start_all=$SECONDS
 scripts/install-node-deps.sh
 KUBE_BIN="$(kube_bin_dir)"
 NODE_BIN="$(node_bin_dir)"
+# containerd, ctr and containerd-shim-runc-v2: Debian's 1.6 unless STRAIT_NODE_CONTAINERD_DIR
+# names a directory with others (e.g. 2.x built from github.com/containerd/containerd/v2).
+CONTAINERD_DIR="${STRAIT_NODE_CONTAINERD_DIR:-/usr/bin}"
+[[ -x "$CONTAINERD_DIR/containerd" && -x "$CONTAINERD_DIR/ctr" ]] || node_die "no containerd and ctr in $CONTAINERD_DIR"
+CONTAINERD_VERSION="$("$CONTAINERD_DIR/containerd" --version | awk '{print $3}')"
+CONTAINERD_MAJOR="${CONTAINERD_VERSION#v}"; CONTAINERD_MAJOR="${CONTAINERD_MAJOR%%.*}"
+[[ "$CONTAINERD_MAJOR" =~ ^[0-9]+$ ]] || node_die "cannot read containerd's version: $CONTAINERD_VERSION"
 export PATH="$NODE_BIN:$KUBE_BIN:$PATH"
 kubectl() { "$KUBE_BIN/kubectl" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
 
@@ -216,9 +223,9 @@ cat >"$NODE_DIR/cni/net.d/10-$CNI_NETWORK.conflist" <<EOF
   ]
 }
 EOF
-cat >"$NODE_DIR/config/containerd.toml" <<EOF
-# containerd 1.6 (Debian bookworm): config version 2.
-version = 2
+# The common part of containerd's config (the same keys in config version 2 and 3).
+containerd_common() {
+  cat <<EOF
 root = "$NODE_DIR/containerd/root"
 state = "$NODE_DIR/containerd/state"
 # 0: containerd itself keeps the default OOM score (a negative one is refused here).
@@ -238,11 +245,60 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 
 [plugins."io.containerd.internal.v1.opt"]
   path = "$NODE_DIR/containerd/opt"
+EOF
+}
+# The runc runtime: cgroupfs, like kubelet's cgroupDriver (no systemd on this machine).
+runc_runtime() {
+  cat <<EOF
+    default_runtime_name = "runc"
+    [$1.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [$1.containerd.runtimes.runc.options]
+        SystemdCgroup = false
+        BinaryName = "/usr/sbin/runc"
+EOF
+}
+# restrict_oom_score_adj: containers ask for a negative oom_score_adj (Guaranteed pods,
+# the sandbox); this machine refuses to lower it, so containerd clamps it to its own score.
+if ((CONTAINERD_MAJOR >= 2)); then
+  cri='plugins."io.containerd.cri.v1.runtime"'
+  {
+    echo "# containerd $CONTAINERD_MAJOR.x: config version 3."
+    echo "version = 3"
+    containerd_common
+    cat <<EOF
+
+[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "overlayfs"
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "$PAUSE_IMAGE"
+[plugins."io.containerd.cri.v1.runtime"]
+  restrict_oom_score_adj = true
+  enable_selinux = false
+  disable_apparmor = true
+  [plugins."io.containerd.cri.v1.runtime".containerd]
+EOF
+    runc_runtime "$cri"
+    cat <<EOF
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["$CNI_BIN_DIR"]
+    conf_dir = "$NODE_DIR/cni/net.d"
+    max_conf_num = 1
+EOF
+  } >"$NODE_DIR/config/containerd.toml"
+else
+  cri='plugins."io.containerd.grpc.v1.cri"'
+  {
+    echo "# containerd 1.x (Debian bookworm's 1.6): config version 2."
+    echo "version = 2"
+    containerd_common
+    cat <<EOF
 
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "$PAUSE_IMAGE"
-  # Containers ask for negative oom_score_adj (Guaranteed pods, the sandbox); this
-  # machine refuses to lower it, so clamp to containerd's own score instead of failing.
   restrict_oom_score_adj = true
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
@@ -250,20 +306,20 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   disable_apparmor = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        # cgroupfs, like kubelet's cgroupDriver (no systemd on this machine).
-        SystemdCgroup = false
-        BinaryName = "/usr/sbin/runc"
+EOF
+    runc_runtime "$cri"
+    cat <<EOF
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "$CNI_BIN_DIR"
     conf_dir = "$NODE_DIR/cni/net.d"
     max_conf_num = 1
 EOF
-spawn containerd /usr/bin/containerd --config "$NODE_DIR/config/containerd.toml"
-ctr() { /usr/bin/ctr --address "$CONTAINERD_SOCK" "$@"; }
+  } >"$NODE_DIR/config/containerd.toml"
+fi
+# containerd finds its shim (containerd-shim-runc-v2) on PATH: its own directory first.
+spawn containerd env PATH="$CONTAINERD_DIR:$PATH" "$CONTAINERD_DIR/containerd" --config "$NODE_DIR/config/containerd.toml"
+echo "$CONTAINERD_DIR/ctr" >"$NODE_DIR/host/ctr"
+ctr() { "$CONTAINERD_DIR/ctr" --address "$CONTAINERD_SOCK" "$@"; }
 wait_up containerd 60 ctr version
 
 # Images: built here (no registry), imported into the namespace the CRI plugin uses.
@@ -271,9 +327,12 @@ scripts/node-images.sh "$NODE_DIR/images" "$NODE_BIN/coredns"
 for img in pause busybox coredns; do
   ctr -n k8s.io images import "$NODE_DIR/images/$img.tar" >/dev/null
 done
-ctr -n k8s.io images ls -q | grep -qx "$PAUSE_IMAGE" || node_die "import of $PAUSE_IMAGE failed"
-ctr -n k8s.io images ls -q | grep -qx "$BUSYBOX_IMAGE" || node_die "import of $BUSYBOX_IMAGE failed"
-ctr -n k8s.io images ls -q | grep -qx "$COREDNS_IMAGE" || node_die "import of $COREDNS_IMAGE failed"
+# (The list is read whole first: `ctr ... | grep -q` fails under pipefail when grep stops
+# reading early and ctr gets SIGPIPE.)
+images="$(ctr -n k8s.io images ls -q)"
+for img in "$PAUSE_IMAGE" "$BUSYBOX_IMAGE" "$COREDNS_IMAGE"; do
+  grep -qx "$img" <<<"$images" || node_die "import of $img failed"
+done
 node_log "images imported: $PAUSE_IMAGE, $BUSYBOX_IMAGE, $COREDNS_IMAGE"
 
 # ---- kubelet ---------------------------------------------------------------------------
