@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Builds the node's Kubernetes binaries (kubelet, kube-proxy, kube-controller-manager,
 # kube-scheduler) from the Go module in tools/kube-node/ — the same k8s.io/kubernetes
-# v1.36.3 module graph as tools/kube-apiserver — and CoreDNS from tools/coredns/ (its own
-# module graph: CoreDNS pins its own client-go), into a content-addressed cache directory:
+# v1.36.3 module graph as tools/kube-apiserver — CoreDNS from tools/coredns/ (its own
+# module graph: CoreDNS pins its own client-go) and containerd v2 (containerd,
+# containerd-shim-runc-v2, ctr) from tools/containerd/, into a content-addressed cache
+# directory:
 #
-#   ${STRAIT_CACHE:-$HOME/.cache/strait}/bin/node-<key>/{kubelet,kube-proxy,kube-controller-manager,kube-scheduler,coredns}
+#   ${STRAIT_CACHE:-$HOME/.cache/strait}/bin/node-<key>/{kubelet,kube-proxy,kube-controller-manager,kube-scheduler,coredns,containerd,containerd-shim-runc-v2,ctr}
 #   ${STRAIT_CACHE:-$HOME/.cache/strait}/bin/node-current -> node-<key>   (stable symlink)
 #
 # <key> is the sha256 of tools/kube-node/{go.mod,go.sum,*/main.go}, tools/coredns/{go.mod,
-# go.sum,main.go}, the Go version, the CGO setting and the ldflags: when none of those
-# changed, nothing is rebuilt. coredns is built static (CGO_ENABLED=0): it is the only
-# file of its container image.
+# go.sum,main.go}, tools/containerd/{go.mod,go.sum,tools.go}, the Go version, the CGO
+# setting and the ldflags: when none of those changed, nothing is rebuilt. coredns is built
+# static (CGO_ENABLED=0): it is the only file of its container image. containerd is built
+# without cgo and without the btrfs/devmapper/zfs snapshotters (overlayfs is the one used).
 # scripts/build-kube-tools.sh (kube-apiserver, etcd, kubectl) is untouched by this one;
 # node-up.sh calls both.
 #
@@ -22,6 +25,8 @@ cd "$(dirname "$0")/.."
 
 KUBE_VERSION="v1.36.3"
 BINARIES=(kubelet kube-proxy kube-controller-manager kube-scheduler)
+EXTRA_BINARIES=(coredns containerd containerd-shim-runc-v2 ctr)
+containerd_tags="no_btrfs no_devmapper no_zfs"
 
 cache="${STRAIT_CACHE:-$HOME/.cache/strait}"
 bin_root="$cache/bin"
@@ -48,10 +53,15 @@ compute_key() {
       echo "== tools/coredns/$f"
       cat "tools/coredns/$f"
     done
+    for f in go.mod go.sum tools.go; do
+      echo "== tools/containerd/$f"
+      cat "tools/containerd/$f"
+    done
     echo "== go: $(go version)"
     echo "== cgo: $(go env CGO_ENABLED) goflags: $(go env GOFLAGS)"
     echo "== ldflags: $ldflags"
     echo "== coredns: CGO_ENABLED=0 -ldflags '-s -w'"
+    echo "== containerd: CGO_ENABLED=0 -tags '$containerd_tags' -ldflags '-s -w -X version.Version'"
   } | sha256sum | cut -c1-16
 }
 
@@ -64,7 +74,7 @@ build() {
   exec 8>"$bin_root/.node-lock"
   flock 8
   local complete=1
-  for b in "${BINARIES[@]}" coredns; do [[ -x "$dir/$b" ]] || complete=0; done
+  for b in "${BINARIES[@]}" "${EXTRA_BINARIES[@]}"; do [[ -x "$dir/$b" ]] || complete=0; done
   if ((complete)); then
     log "node tools up to date ($dir)"
   else
@@ -72,11 +82,20 @@ build() {
     tmp="$(mktemp -d "$bin_root/.node-build.XXXXXX")"
     chmod 755 "$tmp"
     trap 'rm -rf "$tmp"' EXIT
-    log "building ${BINARIES[*]} ${KUBE_VERSION} and coredns into $dir (first build takes many minutes)"
+    log "building ${BINARIES[*]} ${KUBE_VERSION}, ${EXTRA_BINARIES[*]} into $dir (first build takes many minutes)"
     # One `go build` for all four: packages shared between them are compiled once.
     (cd tools/kube-node && go build -trimpath -ldflags "$ldflags" -o "$tmp/" "${BINARIES[@]/#/./}")
     (cd tools/coredns && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$tmp/coredns" .)
-    for b in "${BINARIES[@]}" coredns; do [[ -x "$tmp/$b" ]] || { log "go build did not produce $b"; exit 1; }; done
+    (
+      cd tools/containerd
+      local version; version="$(go list -m -f '{{.Version}}' github.com/containerd/containerd/v2)"
+      CGO_ENABLED=0 go build -trimpath -tags "$containerd_tags" \
+        -ldflags "-s -w -X github.com/containerd/containerd/v2/version.Version=$version" -o "$tmp/" \
+        github.com/containerd/containerd/v2/cmd/containerd \
+        github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 \
+        github.com/containerd/containerd/v2/cmd/ctr
+    )
+    for b in "${BINARIES[@]}" "${EXTRA_BINARIES[@]}"; do [[ -x "$tmp/$b" ]] || { log "go build did not produce $b"; exit 1; }; done
     rm -rf "$dir"
     mv "$tmp" "$dir"
     trap - EXIT

@@ -2,8 +2,9 @@
 # Brings up a real single-node Kubernetes v1.36.3 on this machine, from upstream parts:
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler (built from their Go
 # modules by scripts/build-kube-tools.sh and scripts/build-node-tools.sh), containerd +
-# runc + the CNI plugins (Debian's: scripts/install-node-deps.sh), kubelet and kube-proxy
-# (iptables mode). Images come from scripts/node-images.sh (no registry is needed).
+# runc + the CNI plugins (containerd v2 built by build-node-tools.sh; runc and the plugins
+# Debian's: scripts/install-node-deps.sh), kubelet, kube-proxy (iptables mode) and CoreDNS.
+# Images come from scripts/node-images.sh (no registry is needed).
 #
 # All state (PKI, configs, etcd data, containerd root, kubelet root, pod logs, logs, pids)
 # is under ${STRAIT_NODE_DIR:-/tmp/strait-node}; addresses are in scripts/node-lib.sh.
@@ -25,9 +26,10 @@ start_all=$SECONDS
 scripts/install-node-deps.sh
 KUBE_BIN="$(kube_bin_dir)"
 NODE_BIN="$(node_bin_dir)"
-# containerd, ctr and containerd-shim-runc-v2: Debian's 1.6 unless STRAIT_NODE_CONTAINERD_DIR
-# names a directory with others (e.g. 2.x built from github.com/containerd/containerd/v2).
-CONTAINERD_DIR="${STRAIT_NODE_CONTAINERD_DIR:-/usr/bin}"
+# containerd, ctr and containerd-shim-runc-v2: v2 built by build-node-tools.sh from
+# tools/containerd, unless STRAIT_NODE_CONTAINERD_DIR names another directory
+# (/usr/bin: Debian's 1.6.20, which kubelet 1.36 still accepts; see tools/node/README.md).
+CONTAINERD_DIR="${STRAIT_NODE_CONTAINERD_DIR:-$NODE_BIN}"
 [[ -x "$CONTAINERD_DIR/containerd" && -x "$CONTAINERD_DIR/ctr" ]] || node_die "no containerd and ctr in $CONTAINERD_DIR"
 CONTAINERD_VERSION="$("$CONTAINERD_DIR/containerd" --version | awk '{print $3}')"
 CONTAINERD_MAJOR="${CONTAINERD_VERSION#v}"; CONTAINERD_MAJOR="${CONTAINERD_MAJOR%%.*}"
@@ -263,7 +265,8 @@ EOF
 if ((CONTAINERD_MAJOR >= 2)); then
   cri='plugins."io.containerd.cri.v1.runtime"'
   {
-    echo "# containerd $CONTAINERD_MAJOR.x: config version 3."
+    # Version 3 is 2.0's format; 2.4 (config version 4) migrates it when it loads it.
+    echo "# containerd $CONTAINERD_VERSION: config version 3."
     echo "version = 3"
     containerd_common
     cat <<EOF
@@ -292,7 +295,7 @@ EOF
 else
   cri='plugins."io.containerd.grpc.v1.cri"'
   {
-    echo "# containerd 1.x (Debian bookworm's 1.6): config version 2."
+    echo "# containerd $CONTAINERD_VERSION: config version 2."
     echo "version = 2"
     containerd_common
     cat <<EOF
