@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # Installs what scripts/node-up.sh needs on a fresh machine of this project's kind
-# (Debian bookworm): the container runtime (containerd + runc), the CNI plugins,
-# a static busybox for the test image, and the networking tools kubelet/kube-proxy
-# call. Idempotent: it runs `apt-get update` and installs only when something is missing.
+# (Debian bookworm): runc, the CNI plugins, a static busybox for the test image, the
+# networking tools kubelet/kube-proxy call, and Debian's containerd 1.6 (node-up runs the
+# containerd v2 that scripts/build-node-tools.sh builds; 1.6 is the fallback, see
+# tools/node/README.md). Idempotent: `apt-get update` and an install only when something
+# is missing.
 set -euo pipefail
 # Binaries the node needs -> Debian package that ships them.
-#   containerd/ctr: container runtime (CRI) and its CLI (image import)
+#   containerd/ctr: Debian's 1.6 runtime and CLI (STRAIT_NODE_CONTAINERD_DIR=/usr/bin)
 #   runc: OCI runtime containerd starts containers with
 #   /usr/lib/cni/bridge: CNI bridge, host-local, loopback, portmap plugins
-#   busybox (static): the test image's only file
+#   busybox (static): the test image's binary
 #   conntrack: kube-proxy flushes stale UDP conntrack entries with it
-#   iptables/ip: kube-proxy's chains, the CNI bridge, the apiserver's dummy address
+#   iptables/ip: kube-proxy's chains, the pod bridge
 #   socat: kubelet's port-forward fallback; nsenter (util-linux): kubelet's exec helpers
+#   openssl: the node's certificates; jq, file: node-images.sh; gcc + libc.a: the static pause
+#   curl: node-up's health checks
 pairs=(
   /usr/bin/containerd:containerd
   /usr/bin/ctr:containerd
@@ -26,6 +30,10 @@ pairs=(
   /usr/bin/flock:util-linux
   /usr/bin/openssl:openssl
   /usr/bin/jq:jq
+  /usr/bin/file:file
+  /usr/bin/gcc:gcc
+  /usr/lib/x86_64-linux-gnu/libc.a:libc6-dev
+  /usr/bin/curl:curl
 )
 need=()
 for pair in "${pairs[@]}"; do
