@@ -51,7 +51,10 @@ if ((${#need[@]})); then
   policy=/usr/sbin/policy-rc.d
   made_policy=0
   if [[ ! -e "$policy" ]]; then
-    printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod 755 "$policy"; made_policy=1
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    # shellcheck disable=SC2034  # read by the EXIT trap
+    made_policy=1
   fi
   trap 'if ((made_policy)); then rm -f "$policy"; fi' EXIT
   apt-get update -qq

@@ -13,7 +13,7 @@
 #   scripts/node-down.sh --check   only check, print what is left (exit 1 if anything)
 # STRAIT_NODE_KEEP_LOGS=DIR copies the node's logs there before the node dir is removed.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 # shellcheck source=scripts/node-lib.sh
 source scripts/node-lib.sh
 
@@ -109,7 +109,7 @@ leftovers() {
     "$family-save" 2>/dev/null | grep -E '^:(KUBE|CNI)-|-j (KUBE|CNI)-' | sed "s/^/$family /" | cut -c1-120
   done
   nft list tables 2>/dev/null | grep -w kube-proxy | sed 's/^/nft /'
-  ls -d /sys/fs/cgroup/*/kubepods 2>/dev/null | sed 's/^/cgroup /'
+  find /sys/fs/cgroup -mindepth 2 -maxdepth 2 -name kubepods -type d 2>/dev/null | sed "s/^/cgroup /"
   find /var/log/containers -maxdepth 1 -lname "$NODE_DIR/*" 2>/dev/null | sed 's/^/symlink /'
   if [[ -r "$NODE_DIR/host/sysctls" ]]; then
     local kv key want have

@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # sourced: the variables are used by the scripts that source it
 # Shared by scripts/node-up.sh, node-down.sh and node-smoke.sh (sourced, not run):
 # the single-node cluster's addresses, names and state layout, and small helpers.
 #

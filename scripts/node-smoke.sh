@@ -80,6 +80,7 @@ wait_for 30 bash -c "'$KUBE_BIN/kubectl' --kubeconfig '$KUBECONFIG_ADMIN' -n $ns
   fail "kubectl logs $pod lacks the start line: $(k -n "$ns" logs "$pod" 2>&1 | head -5)"
 step "kubectl logs: $(k -n "$ns" logs "$pod" | head -1)"
 
+# shellcheck disable=SC2016  # expanded in the pod, not here
 out="$(k -n "$ns" exec "$pod" -- sh -c 'echo "$(hostname) $(ip -4 -o addr show eth0 | awk "{print \$4}")"')" || fail "kubectl exec failed"
 [[ "$out" == "$pod $pod_ip/"* ]] || fail "kubectl exec printed '$out', expected '$pod $pod_ip/...'"
 step "kubectl exec: $out"
