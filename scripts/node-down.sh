@@ -53,12 +53,15 @@ kill_wait() {
   done
 }
 
-stop_component() {
-  local pid
-  if pid="$(node_pid "$1")"; then
-    kill_wait "${2:-10}" "$pid"
-    node_log "stopped $1 (pid $pid)"
-  fi
+# stop_components NAME...: SIGTERM to all of them at once, SIGKILL after 15 s.
+stop_components() {
+  local name pid t=$SECONDS pids=() names=()
+  for name in "$@"; do
+    if pid="$(node_pid "$name")"; then pids+=("$pid"); names+=("$name ($pid)"); fi
+  done
+  ((${#pids[@]})) || return 0
+  kill_wait 15 "${pids[@]}"
+  node_log "stopped ${names[*]} in $((SECONDS - t))s"
 }
 
 # The ctr that goes with the containerd node-up started (scripts/node-up.sh writes it).
@@ -147,8 +150,7 @@ start=$SECONDS
 # 1. Pods, through kubelet while it runs: it stops each sandbox via CRI, and containerd
 #    calls CNI DEL (veth, IP address, portmap rules) and removes the netns. The
 #    controllers go first so nothing recreates the pods.
-stop_component kube-controller-manager
-stop_component kube-scheduler
+stop_components kube-controller-manager kube-scheduler
 KUBECTL="$(ls "${STRAIT_CACHE:-$HOME/.cache/strait}"/bin/current/kubectl 2>/dev/null)"
 if [[ -n "$KUBECTL" ]] && node_pid kubelet >/dev/null && node_pid kube-apiserver >/dev/null; then
   k() { "$KUBECTL" --kubeconfig "$KUBECONFIG_ADMIN" --request-timeout=10s "$@"; }
@@ -164,8 +166,7 @@ if [[ -n "$KUBECTL" ]] && node_pid kubelet >/dev/null && node_pid kube-apiserver
 fi
 
 # 2. kubelet, kube-proxy (and its rules: kube-proxy --cleanup knows its own chains).
-stop_component kubelet 15
-stop_component kube-proxy
+stop_components kubelet kube-proxy
 NODE_BIN="$(readlink -f "${STRAIT_CACHE:-$HOME/.cache/strait}/bin/node-current" 2>/dev/null)"
 if [[ -x "$NODE_BIN/kube-proxy" && -r "$NODE_DIR/config/kube-proxy.yaml" ]]; then
   "$NODE_BIN/kube-proxy" --config="$NODE_DIR/config/kube-proxy.yaml" --cleanup >>"$NODE_DIR/logs/kube-proxy-cleanup.log" 2>&1 ||
@@ -188,11 +189,12 @@ grep -ohE '/var/run/netns/cni-[0-9a-f-]+' "$NODE_DIR/logs/containerd.log" 2>/dev
 sort -u -o "$NODE_DIR/host/netns" "$NODE_DIR/host/netns"
 
 # 4. Every process: containerd, its shims, containers, the control plane.
-stop_component containerd
+stop_components containerd
 mapfile -t pids < <(runtime_pids | sort -u)
 ((${#pids[@]})) && { kill_wait 5 "${pids[@]}"; node_log "stopped shims and containers: ${pids[*]}"; }
-stop_component kube-apiserver
-stop_component etcd
+# The API server before etcd, so it does not log etcd errors while it shuts down.
+stop_components kube-apiserver
+stop_components etcd
 mapfile -t pids < <(our_pids | sort -u)
 ((${#pids[@]})) && kill_wait 5 "${pids[@]}"
 
