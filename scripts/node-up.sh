@@ -22,6 +22,14 @@ if [[ -e "$NODE_DIR" ]]; then
   node_die "$NODE_DIR exists: a node is up or was not torn down (scripts/node-down.sh)"
 fi
 start_all=$SECONDS
+# A failed bring-up leaves what it started running: say where to look and how to clean up.
+on_exit() {
+  local rc=$?
+  if ((rc)) && [[ -d "$NODE_DIR/logs" ]]; then
+    node_log "failed (exit $rc); logs in $NODE_DIR/logs; scripts/node-down.sh removes what was started"
+  fi
+}
+trap on_exit EXIT
 
 scripts/install-node-deps.sh
 KUBE_BIN="$(kube_bin_dir)"
