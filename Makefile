@@ -60,6 +60,26 @@ tools:
 cluster: tools
 	STRAIT_CACHE="$(STRAIT_CACHE)" $(CARGO) run -p strait-testenv --bin strait-testenv
 
+# --- Single-node Kubernetes (tools/node/README.md; root) ---
+# node-tools: build kubelet, kube-proxy, kube-controller-manager, kube-scheduler (v1.36.3)
+#             and CoreDNS into $(TOOLS_BIN)/node-<key>/ (no-op when up to date).
+# node-up:    install containerd/runc/CNI (apt), start the whole node under /tmp/strait-node,
+#             print `export KUBECONFIG=...`.  node-smoke: prove it runs pods.
+# node-down:  stop and remove everything node-up made; fails if anything is left.
+.PHONY: node-tools node-up node-smoke node-down
+
+node-tools:
+	STRAIT_CACHE="$(STRAIT_CACHE)" ./scripts/build-node-tools.sh
+
+node-up:
+	STRAIT_CACHE="$(STRAIT_CACHE)" ./scripts/node-up.sh
+
+node-smoke:
+	STRAIT_CACHE="$(STRAIT_CACHE)" ./scripts/node-smoke.sh
+
+node-down:
+	STRAIT_CACHE="$(STRAIT_CACHE)" ./scripts/node-down.sh
+
 # --- Benchmark (bench/, scripts/bench.sh) ---
 # bench:       proxy comparison (direct, Strait outbound, Strait mesh, nginx grpc_pass,
 #              HAProxy h2) + the Kubernetes-mode scale test; target/bench/results.{md,json},
