@@ -402,26 +402,59 @@ async fn sigterm_drains_in_flight_streams() -> Result<()> {
     let stream_args: Vec<&str> = [&["--target", target.as_str()][..], &stream_args[..]].concat();
     let streams = futures::future::join_all((0..STREAMS).map(|_| client.run_client(&stream_args)));
     let terminate = async {
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        // Terminate once every stream is in flight: both replicas' sidecars together
+        // have started all of them (a stream lasts ~2 s, so they are still open).
+        strait_e2e::wait_for(
+            &format!("{STREAMS} streams started at the replicas"),
+            Duration::from_secs(30),
+            || async {
+                let mut started = 0.0;
+                for replica in [&pods[0], &pods[1]] {
+                    let metrics = admin_get(replica, "/metrics").await?;
+                    started += metric_sum(&metrics, "grpc_server_started_total", &[r#"grpc_method="ServerStream""#]);
+                }
+                Ok((started >= STREAMS as f64).then_some(()))
+            },
+        )
+        .await?;
+        let at_a = admin_get(a, "/metrics").await?;
+        let stream = [r#"grpc_method="ServerStream""#];
+        let in_flight_at_a = metric_sum(&at_a, "grpc_server_started_total", &stream)
+            - metric_sum(&at_a, "grpc_server_handled_total", &stream);
         // What a pod deletion sets off at once: the EndpointSlice controller marks the
         // endpoint terminating, the kubelet sends SIGTERM.
         mesh.begin_termination(a).await?;
         a.sigterm("strait-proxy")?;
         let sent = Instant::now();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // New calls once the client's sidecar no longer counts stream-a as ready.
+        let (a_addr, b_addr) = (at(a.ip, 8080), at(pods[1].ip, 8080));
+        strait_e2e::wait_for(
+            "the client's sidecar to take stream-a out of rotation",
+            Duration::from_secs(30),
+            || async {
+                let routes: Value = serde_json::from_str(&admin_get(client, "/routes").await?)?;
+                let ready = ready_endpoints(&routes);
+                Ok((!ready.contains(&a_addr) && ready.contains(&b_addr)).then_some(()))
+            },
+        )
+        .await?;
         let fresh = calls(client, &target, &["--call", "echo/Unary", "--count", "20"]).await?;
-        anyhow::Ok((sent, fresh))
+        anyhow::Ok((sent, fresh, in_flight_at_a))
     };
     let (streams, terminated) = tokio::join!(streams, terminate);
-    let (sigterm_at, fresh) = terminated?;
+    let (sigterm_at, fresh, in_flight_at_a) = terminated?;
     let streams: Vec<ClientLine> = streams.into_iter().map(|r| r.map(|mut l| l.remove(0))).collect::<Result<_>>()?;
     let outcome: BTreeMap<String, usize> = tally(&streams);
-    eprintln!("in-flight streams: {outcome:?}; new calls: {:?}", tally(&fresh));
+    eprintln!(
+        "in-flight streams: {outcome:?} ({in_flight_at_a} open at stream-a at SIGTERM); new calls: {:?}",
+        tally(&fresh)
+    );
     assert!(streams.iter().all(|l| l.ok), "in-flight streams did not all finish OK: {outcome:?}");
     assert!(
         outcome.contains_key("stream-a"),
         "no stream was on the terminated replica, so draining was not exercised: {outcome:?}"
     );
+    assert!(in_flight_at_a >= 1.0, "no stream was open at stream-a's sidecar when it got SIGTERM: {outcome:?}");
     only_backend(&fresh, "stream-b", "calls started after the termination");
 
     // The sidecar exits by itself once its connections are drained (well within
@@ -438,6 +471,25 @@ async fn sigterm_drains_in_flight_streams() -> Result<()> {
     mesh.remove_pod(a).await?;
     drop(pods);
     Ok(())
+}
+
+/// The `addr` of every endpoint marked ready anywhere in a `/routes` dump.
+fn ready_endpoints(routes: &Value) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![routes];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Object(o) => {
+                if let (Some(Value::String(addr)), Some(Value::Bool(true))) = (o.get("addr"), o.get("ready")) {
+                    found.push(addr.clone());
+                }
+                stack.extend(o.values());
+            }
+            Value::Array(a) => stack.extend(a),
+            _ => {}
+        }
+    }
+    found
 }
 
 // ---------------------------------------------------------------------------
@@ -756,10 +808,16 @@ async fn inbound_port_reaches_only_the_original_destination() -> Result<()> {
 // ---------------------------------------------------------------------------
 
 /// GET `path` on the sidecar's admin endpoint (127.0.0.1:15000, loopback only) from
-/// inside the pod's network namespace.
-fn admin_get(pod: &MeshPod, path: &str) -> Result<String> {
+/// inside the pod's network namespace (without blocking the runtime: tests poll this
+/// while client processes run in the same task).
+async fn admin_get(pod: &MeshPod, path: &str) -> Result<String> {
     let url = format!("http://127.0.0.1:15000{path}");
-    let out = netns_exec(&pod.netns, &["curl", "-sS", "--fail", "--max-time", "5", &url])?;
+    let out = tokio::process::Command::new("ip")
+        .args(["netns", "exec", &pod.netns, "curl", "-sS", "--fail", "--max-time", "5", &url])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("ip netns exec {} curl {url}", pod.netns))?;
     ensure!(out.status.success(), "curl {url} in {}: {}", pod.netns, String::from_utf8_lossy(&out.stderr).trim());
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -776,8 +834,8 @@ fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
 }
 
 /// The configuration generation the pod's sidecar has applied.
-fn config_generation(pod: &MeshPod) -> Result<u64> {
-    let text = admin_get(pod, "/metrics")?;
+async fn config_generation(pod: &MeshPod) -> Result<u64> {
+    let text = admin_get(pod, "/metrics").await?;
     ensure!(text.contains("strait_config_generation"), "no strait_config_generation in /metrics:\n{text}");
     Ok(metric_sum(&text, "strait_config_generation", &[]) as u64)
 }
@@ -860,14 +918,14 @@ async fn unrelated_service_changes_keep_the_connection_to_the_app() -> Result<()
     let load_args = ["--call", "echo/Unary", "--count", &per_change, "--interval-ms", "20"];
     let mut answered = 0;
     for i in 0..CHANGES {
-        let generation = config_generation(server)?;
+        let generation = config_generation(server).await?;
         let load = calls(client, &target, &load_args);
         let change = async {
             unrelated_service_change(&mesh, i)?;
             strait_e2e::wait_for(
                 &format!("change {i} applied by the server's sidecar (generation > {generation})"),
                 Duration::from_secs(30),
-                || async { Ok((config_generation(server)? > generation).then_some(())) },
+                || async { Ok((config_generation(server).await? > generation).then_some(())) },
             )
             .await
         };
