@@ -28,6 +28,9 @@ enum Command {
     Inject(InjectArgs),
     /// Remove what injection added from manifests and print them.
     Uninject(FileArg),
+    /// Check the cluster: Gateway API CRDs, the injector's webhook and CA bundle, unmeshed
+    /// pods in meshed namespaces. Exits 1 when something needs fixing.
+    Check,
     /// Print straitctl's version and, when the cluster answers, the control plane's images.
     Version,
 }
@@ -92,6 +95,14 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Routes(args) => runtime()?.block_on(routes(cli.context, args)),
         Command::Version => runtime()?.block_on(version(cli.context)),
+        Command::Check => {
+            let problems = runtime()?.block_on(check(cli.context))?;
+            if problems > 0 {
+                eprintln!("{problems} problem(s) found");
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     }
 }
 
@@ -182,4 +193,21 @@ async fn version(context: Option<String>) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Prints every finding; returns the number of problems.
+async fn check(context: Option<String>) -> anyhow::Result<usize> {
+    let client = client(context).await?;
+    let findings = straitctl::check::check(&client).await;
+    for f in &findings {
+        match &f.fix {
+            None => println!("ok       {}", f.text),
+            Some(fix) => println!(
+                "PROBLEM  {}
+         fix: {fix}",
+                f.text
+            ),
+        }
+    }
+    Ok(findings.iter().filter(|f| f.is_problem()).count())
 }
