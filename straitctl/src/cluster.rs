@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::Client;
 use kube::api::{Api, ListParams};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The sidecar's admin listener, inside the pod (loopback only).
 pub const ADMIN_PORT: u16 = 15000;
@@ -127,22 +127,37 @@ pub async fn admin_get(
     let mut stream = forwarder
         .take_stream(ADMIN_PORT)
         .ok_or_else(|| ClusterError::Target(format!("port-forward to {namespace}/{pod} gave no stream")))?;
-    let io = |what: &str| {
-        let what = format!("port-forward to {namespace}/{pod}:{ADMIN_PORT}: {what}");
-        move |source| ClusterError::Io { what, source }
-    };
-    // HTTP/1.0: the server then ends the body by closing, never with chunked encoding.
-    let request = format!("GET {path_and_query} HTTP/1.0\r\nHost: 127.0.0.1:{ADMIN_PORT}\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.map_err(io("sending the request"))?;
-    let mut response = Vec::new();
-    (&mut stream).take(MAX_RESPONSE).read_to_end(&mut response).await.map_err(io("reading the answer"))?;
+    let answer = http_get(&mut stream, path_and_query).await.map_err(|(what, source)| ClusterError::Io {
+        what: format!("port-forward to {namespace}/{pod}:{ADMIN_PORT}: {what}"),
+        source,
+    });
     drop(stream);
     forwarder.abort();
-    let (status, body) = parse_http_response(&response)?;
+    admin_body(&answer?)
+}
+
+/// The body of the admin endpoint's answer `raw`, or an error carrying its status and
+/// message when it is not 200 (the endpoint explains bad queries in the body).
+pub fn admin_body(raw: &[u8]) -> Result<Vec<u8>, ClusterError> {
+    let (status, body) = parse_http_response(raw)?;
     if status != 200 {
         return Err(ClusterError::Http { status, body: String::from_utf8_lossy(&body).trim().to_owned() });
     }
     Ok(body)
+}
+
+/// One HTTP/1.0 GET over `stream` (the port-forward's, or a TCP connection), read to
+/// the end (at most 64 MiB). HTTP/1.0: the server then ends the body by closing,
+/// never with chunked encoding. Errors say which step failed.
+pub async fn http_get<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    path_and_query: &str,
+) -> Result<Vec<u8>, (&'static str, std::io::Error)> {
+    let request = format!("GET {path_and_query} HTTP/1.0\r\nHost: 127.0.0.1:{ADMIN_PORT}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.map_err(|e| ("sending the request", e))?;
+    let mut response = Vec::new();
+    stream.take(MAX_RESPONSE).read_to_end(&mut response).await.map_err(|e| ("reading the answer", e))?;
+    Ok(response)
 }
 
 /// Status code and body of an HTTP/1.x response read to its end.

@@ -1,6 +1,7 @@
 //! `straitctl check` and `straitctl version` against a real etcd + kube-apiserver
 //! (`strait-testenv`), run as the user runs them: the built binary with KUBECONFIG.
-//! (`straitctl routes` needs a kubelet for the port-forward; see straitctl's unit tests.)
+//! `straitctl routes` needs a kubelet for its port-forward; here its HTTP exchange and
+//! rendering run against a real strait-proxy's admin endpoint over TCP instead.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,8 +14,10 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
-use strait_e2e::target_bin;
+use strait_e2e::{ProxyProcess, examples_dir, target_bin};
 use strait_testenv::{TestEnv, TestEnvOptions, install_manifests, tools};
+use straitctl::cluster::{ClusterError, admin_body, http_get};
+use straitctl::routes_view::{render_query, render_routes};
 
 fn straitctl(kubeconfig: &Path, args: &[&str]) -> Result<(i32, String)> {
     let bin = target_bin("straitctl", "STRAITCTL_BIN")?;
@@ -153,4 +156,35 @@ async fn version_shows_control_plane_images_and_never_fails_on_an_unreachable_cl
 fn base64_encode(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// What `straitctl routes` does once the port-forward stream is open, on a TCP
+/// connection to a file-mode proxy's admin listener: the request, the answer's
+/// parsing, the table, and a 400 turned into an error carrying the proxy's message.
+#[tokio::test(flavor = "multi_thread")]
+async fn routes_exchange_and_table_against_a_real_proxy_admin_endpoint() -> Result<()> {
+    let proxy = ProxyProcess::start(&examples_dir(), "app", &[]).await?;
+    let admin = proxy.admin_addr();
+    let dump: serde_json::Value = serde_json::from_slice(&get(admin, "/routes").await??)?;
+    let table = render_routes(&dump);
+    eprintln!("{table}");
+    let canary = table.lines().find(|l| l.starts_with("app/order-service ")).context("order-service row")?;
+    ensure!(canary.contains("app/canary-route#0") && canary.contains("w=90") && canary.contains("w=10"), "{canary}");
+
+    let answer = get(admin, "/routes/query?authority=order-service:50051&path=/order.v1.OrderService/Get").await??;
+    let text = render_query(&serde_json::from_slice(&answer)?);
+    ensure!(text.contains("result:       ROUTED\nrule:         app/canary-route#0"), "{text}");
+
+    match get(admin, "/routes/query?path=/x").await? {
+        Err(ClusterError::Http { status: 400, body }) => ensure!(body.contains("authority is required"), "{body}"),
+        other => anyhow::bail!("expected a 400, got {other:?}"),
+    }
+    Ok(())
+}
+
+/// One `straitctl routes` exchange over TCP: the admin body, or the non-200 error.
+async fn get(admin: std::net::SocketAddr, path: &str) -> Result<Result<Vec<u8>, ClusterError>> {
+    let mut tcp = tokio::net::TcpStream::connect(admin).await?;
+    let raw = http_get(&mut tcp, path).await.map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+    Ok(admin_body(&raw))
 }
