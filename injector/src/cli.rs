@@ -14,7 +14,7 @@ pub enum InjectCliError {
 }
 
 /// Where a kind keeps its pod template.
-fn template_pointer(kind: &str) -> Option<&'static str> {
+pub fn template_pointer(kind: &str) -> Option<&'static str> {
     match kind {
         "Pod" => Some(""),
         "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" | "ReplicationController" => {

@@ -294,7 +294,8 @@ pub struct Injection {
     /// Problems worth telling the user about (admission warnings); none blocks injection.
     pub warnings: Vec<String>,
     /// The value of the `strait.io/status` annotation, as JSON: `version`, `mode`,
-    /// `proxyImage`, `initImage`, `inboundSkip`, `outboundSkip`, `outboundCidrSkip`.
+    /// `proxyImage`, `initImage`, `inboundSkip`, `outboundSkip`, `outboundCidrSkip`, and
+    /// `addedAnnotations` (the annotations other than this one that the injection added).
     pub summary: Value,
 }
 
@@ -472,9 +473,7 @@ pub fn mutate(pod: &Pod, namespace: &str, cfg: &InjectConfig) -> Result<Decision
         ops.push(add(&["spec", "containers", "0"], proxy));
     }
 
-    let summary = summary(cfg, &plan);
     let mut new_annotations = BTreeMap::new();
-    new_annotations.insert(STATUS_ANNOTATION.to_string(), summary.to_string());
     let has_annotation = |k: &str| pod.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(k));
     if plan.mode == SidecarMode::Classic
         && !has_annotation(DEFAULT_CONTAINER_ANNOTATION)
@@ -482,6 +481,12 @@ pub fn mutate(pod: &Pod, namespace: &str, cfg: &InjectConfig) -> Result<Decision
     {
         new_annotations.insert(DEFAULT_CONTAINER_ANNOTATION.to_string(), first.name.clone());
     }
+    // Recorded so `straitctl uninject` removes only what the injection added: a
+    // default-container annotation the user had set must survive uninjection.
+    let added: Vec<&String> = new_annotations.keys().collect();
+    let mut summary = summary(cfg, &plan);
+    summary["addedAnnotations"] = serde_json::json!(added);
+    new_annotations.insert(STATUS_ANNOTATION.to_string(), summary.to_string());
     ops.extend(annotation_ops(pod, new_annotations)?);
 
     Ok(Decision::Inject(Injection { patch: Patch(ops), warnings: plan.warnings, summary }))

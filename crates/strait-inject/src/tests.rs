@@ -670,6 +670,7 @@ fn summary_is_the_status_annotation() {
         "inboundSkip": [15000, 15020, 9090],
         "outboundSkip": [5432],
         "outboundCidrSkip": ["10.0.0.0/8"],
+        "addedAnnotations": [],
     });
     assert_eq!(inj.summary, want);
     let (patched, _) = injected(&pod, &InjectConfig::default());
