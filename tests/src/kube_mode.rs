@@ -381,10 +381,16 @@ impl Cluster {
     }
 
     /// A kubeconfig with a token of ServiceAccount `<namespace>/default` — the
-    /// sidecar's pod identity — after applying `deploy/base/proxy-rbac.yaml`
-    /// (which grants the `system:serviceaccounts:app` group).
+    /// sidecar's pod identity — after applying `deploy/base/proxy-rbac.yaml` and
+    /// setting its binding's subjects to the `system:serviceaccounts:<namespace>` group
+    /// (what strait-controller does for a labelled namespace; no controller here).
     pub async fn sidecar_kubeconfig(&self, namespace: &str) -> Result<PathBuf> {
         self.apply_base("proxy-rbac.yaml")?;
+        let subjects = json!({"subjects": [{
+            "apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
+            "name": format!("system:serviceaccounts:{namespace}"),
+        }]});
+        self.kubectl(&["patch", "clusterrolebinding", "strait-proxy", "--type=merge", "-p", &subjects.to_string()])?;
         self.token_kubeconfig(namespace, "default").await
     }
 
