@@ -117,6 +117,38 @@ async fn controller_runs_under_the_service_account_that_holds_its_permissions() 
         }
     }
     assert!(wrong.is_empty(), "RBAC of {user}:\n{}", wrong.join("\n"));
+
+    // `bind` on strait-proxy is what lets it set the subjects (it does not hold the
+    // sidecars' EndpointSlice reads): with its own token the write passes; without
+    // that rule RBAC's escalation check refuses it.
+    let kubeconfig = cluster.token_kubeconfig(SYSTEM_NS, &service_accounts[0]).await?;
+    let set_subjects = |group: &str| {
+        let patch = format!(
+            r#"{{"subjects":[{{"apiGroup":"rbac.authorization.k8s.io","kind":"Group","name":"system:serviceaccounts:{group}"}}]}}"#
+        );
+        kubectl_as(&kubeconfig, &["patch", "clusterrolebinding", "strait-proxy", "--type=merge", "-p", &patch], None)
+    };
+    let out = set_subjects("team-a")?;
+    assert!(out.success, "the controller sets the binding's subjects: {out:?}");
+    let role = kubectl_json(cluster.env(), &["get", "clusterrole", "strait-controller"])?;
+    let bind_rule = role["rules"]
+        .as_array()
+        .and_then(|rules| rules.iter().position(|r| r["verbs"] == serde_json::json!(["bind"])))
+        .context("no bind rule in ClusterRole strait-controller")?;
+    let remove = format!(r#"[{{"op":"remove","path":"/rules/{bind_rule}"}}]"#);
+    kubectl_ok(cluster.env(), &["patch", "clusterrole", "strait-controller", "--type=json", "-p", &remove], None)?;
+    let started = Instant::now();
+    loop {
+        let out = set_subjects("team-b")?;
+        if !out.success && out.stderr.contains("attempting to grant RBAC permissions not currently held") {
+            break;
+        }
+        assert!(
+            started.elapsed() < CHANGE_DEADLINE,
+            "without bind the write must be refused as an escalation: {out:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     Ok(())
 }
 
