@@ -402,26 +402,59 @@ async fn sigterm_drains_in_flight_streams() -> Result<()> {
     let stream_args: Vec<&str> = [&["--target", target.as_str()][..], &stream_args[..]].concat();
     let streams = futures::future::join_all((0..STREAMS).map(|_| client.run_client(&stream_args)));
     let terminate = async {
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        // Terminate once every stream is in flight: both replicas' sidecars together
+        // have started all of them (a stream lasts ~2 s, so they are still open).
+        strait_e2e::wait_for(
+            &format!("{STREAMS} streams started at the replicas"),
+            Duration::from_secs(30),
+            || async {
+                let mut started = 0.0;
+                for replica in [&pods[0], &pods[1]] {
+                    let metrics = admin_get(replica, "/metrics").await?;
+                    started += metric_sum(&metrics, "grpc_server_started_total", &[r#"grpc_method="ServerStream""#]);
+                }
+                Ok((started >= STREAMS as f64).then_some(()))
+            },
+        )
+        .await?;
+        let at_a = admin_get(a, "/metrics").await?;
+        let stream = [r#"grpc_method="ServerStream""#];
+        let in_flight_at_a = metric_sum(&at_a, "grpc_server_started_total", &stream)
+            - metric_sum(&at_a, "grpc_server_handled_total", &stream);
         // What a pod deletion sets off at once: the EndpointSlice controller marks the
         // endpoint terminating, the kubelet sends SIGTERM.
         mesh.begin_termination(a).await?;
         a.sigterm("strait-proxy")?;
         let sent = Instant::now();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // New calls once the client's sidecar no longer counts stream-a as ready.
+        let (a_addr, b_addr) = (at(a.ip, 8080), at(pods[1].ip, 8080));
+        strait_e2e::wait_for(
+            "the client's sidecar to take stream-a out of rotation",
+            Duration::from_secs(30),
+            || async {
+                let routes: Value = serde_json::from_str(&admin_get(client, "/routes").await?)?;
+                let ready = ready_endpoints(&routes);
+                Ok((!ready.contains(&a_addr) && ready.contains(&b_addr)).then_some(()))
+            },
+        )
+        .await?;
         let fresh = calls(client, &target, &["--call", "echo/Unary", "--count", "20"]).await?;
-        anyhow::Ok((sent, fresh))
+        anyhow::Ok((sent, fresh, in_flight_at_a))
     };
     let (streams, terminated) = tokio::join!(streams, terminate);
-    let (sigterm_at, fresh) = terminated?;
+    let (sigterm_at, fresh, in_flight_at_a) = terminated?;
     let streams: Vec<ClientLine> = streams.into_iter().map(|r| r.map(|mut l| l.remove(0))).collect::<Result<_>>()?;
     let outcome: BTreeMap<String, usize> = tally(&streams);
-    eprintln!("in-flight streams: {outcome:?}; new calls: {:?}", tally(&fresh));
+    eprintln!(
+        "in-flight streams: {outcome:?} ({in_flight_at_a} open at stream-a at SIGTERM); new calls: {:?}",
+        tally(&fresh)
+    );
     assert!(streams.iter().all(|l| l.ok), "in-flight streams did not all finish OK: {outcome:?}");
     assert!(
         outcome.contains_key("stream-a"),
         "no stream was on the terminated replica, so draining was not exercised: {outcome:?}"
     );
+    assert!(in_flight_at_a >= 1.0, "no stream was open at stream-a's sidecar when it got SIGTERM: {outcome:?}");
     only_backend(&fresh, "stream-b", "calls started after the termination");
 
     // The sidecar exits by itself once its connections are drained (well within
@@ -438,6 +471,25 @@ async fn sigterm_drains_in_flight_streams() -> Result<()> {
     mesh.remove_pod(a).await?;
     drop(pods);
     Ok(())
+}
+
+/// The `addr` of every endpoint marked ready anywhere in a `/routes` dump.
+fn ready_endpoints(routes: &Value) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![routes];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Object(o) => {
+                if let (Some(Value::String(addr)), Some(Value::Bool(true))) = (o.get("addr"), o.get("ready")) {
+                    found.push(addr.clone());
+                }
+                stack.extend(o.values());
+            }
+            Value::Array(a) => stack.extend(a),
+            _ => {}
+        }
+    }
+    found
 }
 
 // ---------------------------------------------------------------------------
@@ -748,5 +800,156 @@ async fn inbound_port_reaches_only_the_original_destination() -> Result<()> {
     assert!(lines.iter().all(|l| !l.ok), "the pod IP's port 8080 reached the loopback server: {lines:?}");
     eprintln!("inbound_port_reaches_only_the_original_destination: {:.1?}", started.elapsed());
     drop((server, client));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Cluster-wide configuration changes keep the sidecar's connection to its app
+// ---------------------------------------------------------------------------
+
+/// GET `path` on the sidecar's admin endpoint (127.0.0.1:15000, loopback only) from
+/// inside the pod's network namespace (without blocking the runtime: tests poll this
+/// while client processes run in the same task).
+async fn admin_get(pod: &MeshPod, path: &str) -> Result<String> {
+    let url = format!("http://127.0.0.1:15000{path}");
+    let out = tokio::process::Command::new("ip")
+        .args(["netns", "exec", &pod.netns, "curl", "-sS", "--fail", "--max-time", "5", &url])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("ip netns exec {} curl {url}", pod.netns))?;
+    ensure!(out.status.success(), "curl {url} in {}: {}", pod.netns, String::from_utf8_lossy(&out.stderr).trim());
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Sum of the samples of metric `name` whose labels contain every one of `labels`
+/// (e.g. `grpc_method="ServerStream"`), from a Prometheus text exposition.
+fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The configuration generation the pod's sidecar has applied.
+async fn config_generation(pod: &MeshPod) -> Result<u64> {
+    let text = admin_get(pod, "/metrics").await?;
+    ensure!(text.contains("strait_config_generation"), "no strait_config_generation in /metrics:\n{text}");
+    Ok(metric_sum(&text, "strait_config_generation", &[]) as u64)
+}
+
+/// The comment of the counting rule [`count_app_accepts`] installs.
+const APP_ACCEPTS: &str = "strait-e2e: connections accepted by the app";
+
+/// Installs, in `pod`'s namespace, a rule with no target that counts the SYNs reaching
+/// `port` in INPUT: the connections the app's listener accepts. Inbound connections
+/// from other pods are redirected to the sidecar's port 15006 before INPUT, so only
+/// the sidecar's own connections to the app are counted.
+fn count_app_accepts(pod: &MeshPod, port: u16) -> Result<()> {
+    let port = port.to_string();
+    let argv = ["iptables", "-I", "INPUT", "-p", "tcp", "--syn", "--dport", &port, "-m", "comment", "--comment"];
+    let out = netns_exec(&pod.netns, &[&argv[..], &[APP_ACCEPTS]].concat())?;
+    ensure!(out.status.success(), "iptables in {}: {}", pod.netns, String::from_utf8_lossy(&out.stderr).trim());
+    Ok(())
+}
+
+/// The connections counted so far by [`count_app_accepts`].
+fn app_accepts(pod: &MeshPod) -> Result<u64> {
+    let out = netns_exec(&pod.netns, &["iptables-save", "-c", "-t", "filter"])?;
+    ensure!(out.status.success(), "iptables-save in {}: {}", pod.netns, String::from_utf8_lossy(&out.stderr).trim());
+    rule_packets(&String::from_utf8_lossy(&out.stdout), APP_ACCEPTS)
+}
+
+/// Step `i` of a cycle of unrelated Service changes: create, update (a new port, so the
+/// compiled configuration changes), delete.
+fn unrelated_service_change(mesh: &MeshCluster, i: usize) -> Result<()> {
+    let name = format!("unrelated-{}", i / 3);
+    let service = |port: u16| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {APP_NS}}}\n\
+             spec:\n  selector: {{app: nobody}}\n  ports:\n    - {{name: grpc, port: {port}}}\n"
+        )
+    };
+    match i % 3 {
+        0 => mesh.apply(&service(9000)),
+        1 => mesh.apply(&service(9100)),
+        _ => {
+            strait_e2e::injector::kubectl_ok(mesh.env(), &["delete", "service", "-n", APP_NS, &name], None)?;
+            Ok(())
+        }
+    }
+}
+
+/// Issue 21, item 8: in Kubernetes mode every Service or route event anywhere in the
+/// cluster publishes a new configuration, and each publish pruned the connection pool
+/// to the routed endpoints — which leaves out the transparent inbound destination
+/// (podIP:appPort), so every change closed the sidecar's connection to its own app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unrelated_service_changes_keep_the_connection_to_the_app() -> Result<()> {
+    if !skip_unless_root("unrelated_service_changes_keep_the_connection_to_the_app") {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let mesh = MeshCluster::start().await?;
+    mesh.apply(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: pooled, namespace: app}\n\
+         spec:\n  selector: {app: pooled}\n  ports:\n    - {name: grpc, port: 50051, targetPort: grpc}\n",
+    )?;
+    let pods =
+        start_all(&mesh, vec![server_pod(APP_NS, "pooled-0", &[("app", "pooled")]), client_pod(APP_NS, "client")])
+            .await?;
+    let (server, client) = (&pods[0], &pods[1]);
+    let target = format!("{}:50051", mesh.cluster_ip(APP_NS, "pooled").await?);
+    count_app_accepts(server, 8080)?;
+
+    let warmup = calls(client, &target, &["--call", "echo/Unary", "--count", "5"]).await?;
+    only_backend(&warmup, "pooled-0", "warm-up calls");
+    let before = app_accepts(server)?;
+    assert!(before >= 1, "the counting rule saw no connection from the sidecar to the app on port 8080");
+
+    // 21 changes (7 Services created, updated, deleted), each under load: a batch of
+    // calls runs while the change is made and the server's sidecar applies it, so the
+    // calls of every batch but the first come after at least one more publish.
+    const CHANGES: usize = 21;
+    const CALLS_PER_CHANGE: usize = 10;
+    let per_change = CALLS_PER_CHANGE.to_string();
+    let load_args = ["--call", "echo/Unary", "--count", &per_change, "--interval-ms", "20"];
+    let mut answered = 0;
+    for i in 0..CHANGES {
+        let generation = config_generation(server).await?;
+        let load = calls(client, &target, &load_args);
+        let change = async {
+            unrelated_service_change(&mesh, i)?;
+            strait_e2e::wait_for(
+                &format!("change {i} applied by the server's sidecar (generation > {generation})"),
+                Duration::from_secs(30),
+                || async { Ok((config_generation(server).await? > generation).then_some(())) },
+            )
+            .await
+        };
+        let (lines, applied) = tokio::join!(load, change);
+        applied?;
+        let lines = lines.with_context(|| format!("calls during change {i}"))?;
+        only_backend(&lines, "pooled-0", "calls during the Service changes");
+        answered += lines.len();
+    }
+    // And calls after the last publish.
+    answered += calls(client, &target, &["--call", "echo/Unary", "--count", "5"]).await?.len();
+    let after = app_accepts(server)?;
+    eprintln!(
+        "{answered} calls answered across {CHANGES} Service changes; the app accepted {before} connection(s) \
+         before and {after} after; unrelated_service_changes_keep_the_connection_to_the_app: {:.1?}",
+        started.elapsed()
+    );
+    assert_eq!(answered, CHANGES * CALLS_PER_CHANGE + 5);
+    assert_eq!(
+        after,
+        before,
+        "the server's sidecar opened {} new connection(s) to its app during {CHANGES} unrelated Service changes",
+        after - before
+    );
+    drop(pods);
     Ok(())
 }

@@ -16,6 +16,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use std::collections::BTreeMap;
 use std::fmt::Debug;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use strait_api::{GrpcRoute, MeshService, ReferenceGrant};
@@ -28,22 +29,50 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// jitter) left a proxy up to ~50 s behind after a 30 s API-server outage, serving
 /// stale routes; a sidecar's watch is cheap for the API server to re-establish, and
 /// the jitter still spreads thousands of sidecars reconnecting at once.
+///
+/// A 410 Gone (the watch's resourceVersion is too old: the API server restarted or
+/// etcd compacted) is not a failure to back off from but an answer that says "relist
+/// now": the server is up. Without a reset the relist after an outage waited out the
+/// backoff the outage had built up (up to ~6 s more before a change made during the
+/// outage reached traffic). [`WatchBackoff::reset_handle`] lets the watch loop ask
+/// for that reset as the 410 goes by.
 #[derive(Clone, Debug)]
 pub struct WatchBackoff {
     next: Duration,
     min: Duration,
     max: Duration,
+    reset_requested: Arc<AtomicBool>,
 }
 
 impl Default for WatchBackoff {
     fn default() -> Self {
-        WatchBackoff { next: Duration::from_millis(250), min: Duration::from_millis(250), max: Duration::from_secs(5) }
+        WatchBackoff {
+            next: Duration::from_millis(250),
+            min: Duration::from_millis(250),
+            max: Duration::from_secs(5),
+            reset_requested: Arc::default(),
+        }
     }
+}
+
+impl WatchBackoff {
+    /// Setting the flag makes the next delay start over from the minimum.
+    pub fn reset_handle(&self) -> Arc<AtomicBool> {
+        self.reset_requested.clone()
+    }
+}
+
+/// True for the watch error that asks for a relist (HTTP 410 Gone / `Expired`).
+pub fn is_gone(error: &watcher::Error) -> bool {
+    matches!(error, watcher::Error::WatchError(status) if status.code == 410)
 }
 
 impl Iterator for WatchBackoff {
     type Item = Duration;
     fn next(&mut self) -> Option<Duration> {
+        if self.reset_requested.swap(false, Ordering::Relaxed) {
+            self.next = self.min;
+        }
         let base = self.next;
         self.next = (self.next * 2).min(self.max);
         let jitter = base.mul_f64(fastrand::f64() * 0.25);
@@ -105,7 +134,17 @@ pub async fn run_watch<K, T>(
     K: Resource + Clone + serde::de::DeserializeOwned + Debug + Send + 'static,
 {
     let mut buffer: Option<BTreeMap<ObjKey, Arc<T>>> = None;
-    let mut stream = watcher::watcher(api, config).backoff(WatchBackoff::default()).boxed();
+    let backoff = WatchBackoff::default();
+    let relist_now = backoff.reset_handle();
+    let mut stream = watcher::watcher(api, config)
+        // Seen before the backoff takes its next delay for this error.
+        .inspect(move |event| {
+            if event.as_ref().err().is_some_and(is_gone) {
+                relist_now.store(true, Ordering::Relaxed);
+            }
+        })
+        .backoff(backoff)
+        .boxed();
     let mut failing_since: Option<Instant> = None;
     while let Some(event) = stream.next().await {
         let event = match event {
@@ -318,6 +357,29 @@ mod tests {
         assert!(delays[9] >= Duration::from_secs(5));
         b.reset();
         assert!(b.next().is_some_and(|d| d < Duration::from_millis(320)));
+    }
+
+    #[test]
+    fn gone_resets_the_backoff_built_up_by_an_outage() {
+        let mut b = WatchBackoff::default();
+        let relist_now = b.reset_handle();
+        // An outage: connection errors have pushed the delay to its cap.
+        let outage: Vec<Duration> = (&mut b).take(8).collect();
+        assert!(outage[7] >= Duration::from_secs(5), "{outage:?}");
+        // The API server is back and answers 410 Gone: relist at the minimum delay.
+        let gone = watcher::Error::WatchError(Box::new(kube::core::Status {
+            code: 410,
+            reason: "Expired".into(),
+            ..Default::default()
+        }));
+        assert!(is_gone(&gone));
+        relist_now.store(true, Ordering::Relaxed);
+        assert!(b.next().is_some_and(|d| d < Duration::from_millis(320)));
+        // One reset only: further errors back off again.
+        assert!(b.next().is_some_and(|d| d >= Duration::from_millis(500)));
+        let failed = watcher::Error::WatchError(Box::new(kube::core::Status { code: 500, ..Default::default() }));
+        assert!(!is_gone(&failed));
+        assert!(!is_gone(&watcher::Error::NoResourceVersion));
     }
 
     #[test]
