@@ -6,6 +6,8 @@
 //! controllers' entries alone. Only the replica holding the Lease writes.
 #![forbid(unsafe_code)]
 
+pub mod proxy_binding;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};

@@ -24,6 +24,11 @@ struct Args {
     /// Full status pass interval, besides every change.
     #[arg(long, env = "STRAIT_RESYNC_SECONDS", default_value_t = 60)]
     resync_seconds: u64,
+    /// ClusterRoleBinding whose subjects to keep equal to the ServiceAccount groups of
+    /// the namespaces labelled strait.io/inject=enabled (deploy/ sets strait-proxy).
+    /// Empty: leave bindings alone.
+    #[arg(long, env = "STRAIT_PROXY_BINDING", default_value = "")]
+    proxy_binding: String,
     /// /ready and /live.
     #[arg(long, env = "STRAIT_HEALTH_ADDR", default_value = "0.0.0.0:15021")]
     health_addr: SocketAddr,
@@ -74,17 +79,25 @@ async fn run(args: Args, identity: String) -> anyhow::Result<()> {
     let leader = elector.subscribe();
     tokio::spawn(elector.run());
     let controller = strait_controller::StatusController::new(
-        client,
+        client.clone(),
         strait_routing::CompileOptions { require_reference_grants: args.require_reference_grants },
     );
+    let keeper = (!args.proxy_binding.is_empty())
+        .then(|| strait_controller::proxy_binding::ProxyBindingKeeper::new(client, args.proxy_binding.clone()));
+    if let Some(keeper) = keeper.clone() {
+        tokio::spawn(keeper.run(leader.clone(), Duration::from_secs(args.resync_seconds)));
+    }
     let ready = controller.clone();
     let router = axum::Router::new()
         .route(
             "/ready",
             axum::routing::get(move || {
                 let ready = ready.clone();
+                let keeper = keeper.clone();
                 async move {
-                    if ready.synced() {
+                    // Ready once every watch has listed, leader or not: a standby
+                    // replica is ready to take over.
+                    if ready.synced() && keeper.as_ref().is_none_or(|k| k.synced()) {
                         (axum::http::StatusCode::OK, "ready\n")
                     } else {
                         (axum::http::StatusCode::SERVICE_UNAVAILABLE, "syncing\n")
@@ -98,7 +111,13 @@ async fn run(args: Args, identity: String) -> anyhow::Result<()> {
             tracing::error!(error = %e, "health server failed");
         }
     });
-    tracing::info!(%identity, lease = %args.lease_name, namespace = %args.namespace, "strait-controller starting");
+    tracing::info!(
+        %identity,
+        lease = %args.lease_name,
+        namespace = %args.namespace,
+        proxy_binding = %args.proxy_binding,
+        "strait-controller starting"
+    );
     let mut term =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("SIGTERM handler")?;
     tokio::select! {

@@ -380,11 +380,23 @@ impl Cluster {
         Ok(())
     }
 
-    /// A kubeconfig with a token of ServiceAccount `<namespace>/default` — the
-    /// sidecar's pod identity — after applying `deploy/base/proxy-rbac.yaml`
-    /// (which grants the `system:serviceaccounts:app` group).
-    pub async fn sidecar_kubeconfig(&self, namespace: &str) -> Result<PathBuf> {
+    /// Applies `deploy/base/proxy-rbac.yaml` and sets its binding's subjects to the
+    /// `system:serviceaccounts:<namespace>` group — what strait-controller does for a
+    /// namespace labelled `strait.io/inject=enabled` (no controller runs here).
+    pub fn grant_sidecar_rbac(&self, namespace: &str) -> Result<()> {
         self.apply_base("proxy-rbac.yaml")?;
+        let subjects = json!({"subjects": [{
+            "apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
+            "name": format!("system:serviceaccounts:{namespace}"),
+        }]});
+        self.kubectl(&["patch", "clusterrolebinding", "strait-proxy", "--type=merge", "-p", &subjects.to_string()])?;
+        Ok(())
+    }
+
+    /// A kubeconfig with a token of ServiceAccount `<namespace>/default` — the
+    /// sidecar's pod identity — after [`Cluster::grant_sidecar_rbac`].
+    pub async fn sidecar_kubeconfig(&self, namespace: &str) -> Result<PathBuf> {
+        self.grant_sidecar_rbac(namespace)?;
         self.token_kubeconfig(namespace, "default").await
     }
 

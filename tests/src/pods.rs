@@ -295,12 +295,13 @@ impl MeshCluster {
         for ns in [APP_NS, CLIENT_NS] {
             namespace(&env, ns, &[("strait.io/inject", "enabled")])?;
         }
-        // deploy/base/proxy-rbac.yaml binds system:serviceaccounts:app; client-ns too.
+        // strait-controller (not run here) would bind the labelled namespaces'
+        // ServiceAccounts to ClusterRole strait-proxy; a binding of the test's own does.
         let binding = json!({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
             "metadata": {"name": "strait-proxy-client-ns"},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "strait-proxy"},
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": format!("system:serviceaccounts:{CLIENT_NS}")}],
+            "subjects": ([APP_NS, CLIENT_NS].map(|ns| json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": format!("system:serviceaccounts:{ns}")}))),
         });
         kubectl_ok(&env, &["apply", "-f", "-"], Some(&binding.to_string()))?;
         let examples = deploy_dir().join("examples");

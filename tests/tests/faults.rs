@@ -371,6 +371,12 @@ async fn kube_watch_410_gone_relists_without_failed_requests() -> Result<()> {
             &deploy_dir().join("base").join("proxy-rbac.yaml").display().to_string(),
         ],
     )?;
+    // The binding ships without subjects (strait-controller, not run here, fills them
+    // in for labelled namespaces).
+    let subjects = format!(
+        r#"{{"subjects":[{{"apiGroup":"rbac.authorization.k8s.io","kind":"Group","name":"system:serviceaccounts:{NS}"}}]}}"#
+    );
+    kubectl(&env, &["patch", "clusterrolebinding", "strait-proxy", "--type=merge", "-p", &subjects])?;
     let stable_1 = NetBackend::spawn(net.addr(), "order-service-stable").await?;
     let stable_2 = NetBackend::spawn(net.addr(), "order-service-stable-2").await?;
     let canary = NetBackend::spawn(net.addr(), "order-service-canary").await?;

@@ -750,7 +750,7 @@ async fn kube_mode_is_ready_only_after_the_initial_sync() -> Result<()> {
     let kubeconfig = cluster.token_kubeconfig(NS, "default").await?;
     let mut proxy = ProxyProcess::spawn_kube(&kubeconfig, NS, &[])?;
     stays_unready(&mut proxy, Duration::from_secs(2), 10).await?;
-    cluster.apply_base("proxy-rbac.yaml")?;
+    cluster.grant_sidecar_rbac(NS)?;
     let t0 = Instant::now();
     proxy.wait_ready_within(Duration::from_secs(40)).await?;
     println!("readiness: ready {:.1?} after the RBAC was applied", t0.elapsed());
