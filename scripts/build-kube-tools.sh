@@ -18,17 +18,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-KUBE_VERSION="v1.36.3"
+# KUBE_VERSION and kube_ldflags.
+# shellcheck source=scripts/kube-version.sh
+source scripts/kube-version.sh
 # The Gateway API release the `gateway-api` 0.22 Rust crate was generated from.
 GATEWAY_API_VERSION="v1.5.1"
 
 cache="${STRAIT_CACHE:-$HOME/.cache/strait}"
 bin_root="$cache/bin"
 
-kube_major="${KUBE_VERSION#v}"; kube_major="${kube_major%%.*}"
-kube_minor="${KUBE_VERSION#v*.}"; kube_minor="${kube_minor%%.*}"
-# Variable names: k8s.io/component-base@v0.36.3/version/base.go.
-apiserver_ldflags="-s -w -X k8s.io/component-base/version.gitVersion=${KUBE_VERSION} -X k8s.io/component-base/version.gitMajor=${kube_major} -X k8s.io/component-base/version.gitMinor=${kube_minor} -X k8s.io/component-base/version.gitTreeState=clean"
+apiserver_ldflags="$kube_ldflags"
 etcd_ldflags="-s -w"
 
 log() { echo "build-kube-tools: $*" >&2; }

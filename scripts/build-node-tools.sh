@@ -23,7 +23,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-KUBE_VERSION="v1.36.3"
+# KUBE_VERSION and kube_ldflags.
+# shellcheck source=scripts/kube-version.sh
+source scripts/kube-version.sh
 BINARIES=(kubelet kube-proxy kube-controller-manager kube-scheduler)
 EXTRA_BINARIES=(coredns containerd containerd-shim-runc-v2 ctr)
 containerd_tags="no_btrfs no_devmapper no_zfs"
@@ -31,11 +33,7 @@ containerd_tags="no_btrfs no_devmapper no_zfs"
 cache="${STRAIT_CACHE:-$HOME/.cache/strait}"
 bin_root="$cache/bin"
 
-kube_major="${KUBE_VERSION#v}"; kube_major="${kube_major%%.*}"
-kube_minor="${KUBE_VERSION#v*.}"; kube_minor="${kube_minor%%.*}"
-# Variable names: k8s.io/component-base@v0.36.3/version/base.go. kubelet reports this
-# version in its Node status, and the apiserver checks version skew against it.
-ldflags="-s -w -X k8s.io/component-base/version.gitVersion=${KUBE_VERSION} -X k8s.io/component-base/version.gitMajor=${kube_major} -X k8s.io/component-base/version.gitMinor=${kube_minor} -X k8s.io/component-base/version.gitTreeState=clean"
+ldflags="$kube_ldflags"
 
 log() { echo "build-node-tools: $*" >&2; }
 
