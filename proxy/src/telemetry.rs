@@ -146,6 +146,12 @@ struct MethodMap {
 }
 
 impl MethodMap {
+    /// Whether `path` may get labels of its own without passing the count or byte
+    /// bound (asked under the read lock first, then again under the write lock).
+    fn has_room_for(&self, path: &str) -> bool {
+        self.by_path.len() < MAX_METHODS && self.bytes + stored_bytes(path) <= MAX_METHOD_TABLE_BYTES
+    }
+
     fn other(&mut self) -> Arc<MethodInfo> {
         self.other.get_or_insert_with(|| Arc::new(MethodInfo::new("other".into(), "other".into()))).clone()
     }
@@ -178,9 +184,7 @@ impl MethodTable {
                 return info.clone();
             }
             if let Some(other) = &map.other
-                && (plausible_grpc_method(path).is_none()
-                    || map.by_path.len() >= MAX_METHODS
-                    || map.bytes + stored_bytes(path) > MAX_METHOD_TABLE_BYTES)
+                && (plausible_grpc_method(path).is_none() || !map.has_room_for(path))
             {
                 return other.clone();
             }
@@ -194,7 +198,7 @@ impl MethodTable {
         let Some((service, method)) = plausible_grpc_method(path) else {
             return map.other();
         };
-        if map.by_path.len() >= MAX_METHODS || map.bytes + stored_bytes(path) > MAX_METHOD_TABLE_BYTES {
+        if !map.has_room_for(path) {
             return map.other();
         }
         // Each name is stored once: every series of the method clones the `Arc`, not the
